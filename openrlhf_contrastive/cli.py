@@ -1,0 +1,49 @@
+"""`openrlhf-contrastive {patch, sample, inspect, demo}`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _patch(argv: list[str]) -> int:
+    from openrlhf_contrastive import patching
+
+    parser = argparse.ArgumentParser(
+        prog="openrlhf-contrastive patch",
+        description="Add the generic --reward_fn extension point to the openrlhf installed in this Python "
+        f"environment (openrlhf {patching.SUPPORTED_OPENRLHF} only). Run it once per environment, on every node.",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="say whether openrlhf is patched; exit 1 when it is not")
+    mode.add_argument("--revert", action="store_true", help="restore openrlhf's files byte for byte")
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            state = patching.check()
+            print(f"openrlhf {patching.SUPPORTED_OPENRLHF} at {patching.site_packages_of_openrlhf()}: {state}")
+            return 0 if state == "patched" else 1
+        print(patching.revert() if args.revert else patching.apply())
+        return 0
+    except patching.PatchError as e:
+        print(f"openrlhf-contrastive patch: {e}", file=sys.stderr)
+        return 2
+
+
+COMMANDS = {"patch": _patch}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(
+            "usage: openrlhf-contrastive {" + ",".join(COMMANDS) + "} ...\n"
+            "  patch    add the --reward_fn extension point to the installed openrlhf (--check, --revert)",
+            file=sys.stderr,
+        )
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

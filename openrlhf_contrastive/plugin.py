@@ -1,0 +1,183 @@
+"""The OpenRLHF reward-function plugin `contrastive` (entry point group `openrlhf.reward_fns`).
+
+`python -m openrlhf.cli.train_ppo_ray ... --reward_fn contrastive --contrastive.baseline_path DIR` makes
+OpenRLHF (patched by `openrlhf-contrastive patch`) call, in this order:
+
+    add_args(parser)            the --contrastive.* flags, before parsing
+    check_args(args)            refuse bad combinations before any model is placed on a GPU
+    setup(trainer)              start of PPOTrainer.fit: load and validate the store (run the stage if needed)
+    transform(experiences, a)   every PPO step, after length penalties: r -> contrastive value
+
+Loading this module has no side effects and imports neither torch nor openrlhf; the object pickles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ON_MISSING = ("error", "raw")
+
+# Keys written to experience.info; OpenRLHF logs each as train/<key> (wandb, tensorboard).
+INFO_BASELINE = "contrastive/baseline"
+INFO_RAW = "contrastive/raw_reward"
+INFO_VALUE = "contrastive/reward"
+INFO_BEAT = "contrastive/beat_baseline"
+INFO_HIT = "contrastive/hit"
+
+
+def add_contrastive_args(parser: argparse.ArgumentParser) -> None:
+    """Declare every --contrastive.* flag (used by train_ppo_ray and by `openrlhf-contrastive sample`)."""
+    group = parser.add_argument_group("contrastive rewards (openrlhf-contrastive)")
+    group.add_argument(
+        "--contrastive.baseline_path", type=str, default=None,
+        help="Directory of the baseline store (k baseline rewards per prompt). Written by the offline stage.",
+    )
+    group.add_argument(
+        "--contrastive.shape", type=str, default="mean",
+        help="How r is compared with the prompt's baseline rewards r_1..r_k: mean (the paper: r - mean), median, "
+        "quantile:Q, min, max, zscore ((r - mean) / std), sigmoid (mean of sigmoid(r - r_j)), winrate "
+        "(fraction of baselines beaten, centred).",
+    )
+    group.add_argument(
+        "--contrastive.coef", type=float, default=1.0,
+        help="lambda in r - lambda * g(baselines); 1 is the paper's contrastive reward, 0 the raw reward.",
+    )
+    group.add_argument(
+        "--contrastive.on_missing", type=str, default="error", choices=ON_MISSING,
+        help="A rollout whose prompt is not in the store: error (stop, naming the prompt) or raw (keep r, count "
+        "the miss in train/contrastive/hit).",
+    )
+    group.add_argument(
+        "--contrastive.k", type=int, default=4, help="Baseline responses sampled per prompt by the offline stage."
+    )
+    group.add_argument(
+        "--contrastive.temperature", type=float, default=None,
+        help="Sampling temperature of the baseline responses (default: --rollout.temperature).",
+    )
+    group.add_argument(
+        "--contrastive.accept_fingerprint_mismatch", action="store_true", default=False,
+        help="Use a store whose provenance (policy, reward, prompt or sampling settings) differs from this run's.",
+    )
+
+
+class ContrastiveReward:
+    """r -> r - coef * g(baseline rewards of the same prompt), inside OpenRLHF's PPO loop."""
+
+    def __init__(self) -> None:
+        self.store = None  # BaselineStore, loaded by setup() or by the first transform()
+
+    # -- parse time -----------------------------------------------------------------------------------------
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        add_contrastive_args(parser)
+
+    def check_args(self, args) -> None:
+        """Refuse what would waste a GPU job: no store path, an unknown shape, a shape that cancels, async."""
+        from openrlhf_contrastive.shapes import cancelling_estimator_reason, parse_shape
+
+        settings = args.contrastive
+        if not settings.baseline_path:
+            raise SystemExit(
+                "--reward_fn contrastive needs --contrastive.baseline_path: the directory of the baseline store "
+                "(written by `openrlhf-contrastive sample`, or by the in-job stage when it does not exist yet)."
+            )
+        try:
+            shape = parse_shape(settings.shape)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        reason = cancelling_estimator_reason(shape, args.algo.advantage.estimator)
+        if reason:
+            raise SystemExit(
+                f"{reason}. Use --algo.advantage.estimator gae (the paper's PPO), reinforce or flash_reinforce, or a "
+                "non-linear shape (--contrastive.shape sigmoid or winrate), or drop --reward_fn contrastive."
+            )
+        if settings.k < shape.min_k:
+            raise SystemExit(f"--contrastive.shape {shape} needs --contrastive.k >= {shape.min_k}, got {settings.k}.")
+        if settings.k < 1:
+            raise SystemExit(f"--contrastive.k must be at least 1, got {settings.k}.")
+        if Path(settings.baseline_path, "header.json").exists():
+            from openrlhf_contrastive.store import BaselineStore, StoreError
+
+            try:
+                BaselineStore.load(settings.baseline_path).check_fingerprint(
+                    self.fingerprint(args), settings.accept_fingerprint_mismatch
+                )
+            except StoreError as e:
+                raise SystemExit(str(e)) from None
+
+    def fingerprint(self, args) -> dict:
+        from openrlhf_contrastive.fingerprint import training_fingerprint
+
+        return training_fingerprint(args, args.contrastive.k, self.temperature(args))
+
+    @staticmethod
+    def temperature(args) -> float:
+        t = args.contrastive.temperature
+        return args.rollout.temperature if t is None else t
+
+    # -- start of training ----------------------------------------------------------------------------------
+
+    def setup(self, trainer) -> None:
+        """Load and validate the store once, before the first PPO step; report its coverage of the prompts."""
+        self.load(trainer.args)
+        dataset = getattr(getattr(trainer, "prompts_dataloader", None), "dataset", None)
+        if dataset is not None:
+            from openrlhf_contrastive.store import prompt_keys
+
+            labels = dataset.labels if trainer.args.data.label_key else None
+            _, hit = self.store.lookup(prompt_keys(dataset.prompts, labels))
+            missing = int((~hit).sum())
+            if missing and trainer.args.contrastive.on_missing == "error":
+                first = dataset.prompts[int((~hit).nonzero()[0][0])]
+                raise ValueError(self._missing_message(missing, len(hit), first))
+            logger.info("contrastive: store %s covers %d of %d training prompts", self.store.path, len(hit) - missing, len(hit))
+
+    def load(self, args) -> None:
+        from openrlhf_contrastive.store import BaselineStore
+
+        if self.store is None:
+            store = BaselineStore.load(args.contrastive.baseline_path)
+            store.check_fingerprint(self.fingerprint(args), args.contrastive.accept_fingerprint_mismatch)
+            self.store = store
+
+    def _missing_message(self, missing: int, total: int, first_prompt: str) -> str:
+        return (
+            f"{missing} of {total} prompts have no baselines in the store {self.store.path}, for example "
+            f"{first_prompt[:300]!r}. The store's keys are the exact prompt strings OpenRLHF builds (input template or "
+            "chat template applied); a different dataset, --data.* flag or a chat template that inserts today's date "
+            "changes them. Rerun the stage with the training flags (finished prompts are kept), or pass "
+            "--contrastive.on_missing raw to train those prompts on the raw reward."
+        )
+
+    # -- every PPO step -------------------------------------------------------------------------------------
+
+    def transform(self, experiences, args) -> None:
+        """Replace each experience's per-sample rewards by the contrastive value; log length-B tensors in info."""
+        import torch
+
+        from openrlhf_contrastive.shapes import baseline_statistic, contrastive_reward, parse_shape
+        from openrlhf_contrastive.store import prompt_keys
+
+        self.load(args)
+        shape, coef = parse_shape(args.contrastive.shape), args.contrastive.coef
+        for experience in experiences:
+            labels = experience.labels if args.data.label_key else None
+            baselines, hit = self.store.lookup(prompt_keys(experience.prompts, labels))
+            if not hit.all() and args.contrastive.on_missing == "error":
+                first = experience.prompts[int((~hit).nonzero()[0][0])]
+                raise ValueError(self._missing_message(int((~hit).sum()), len(hit), first))
+            r = experience.rewards
+            baselines = torch.from_numpy(baselines).to(r.dtype)
+            hit_t = torch.from_numpy(hit)
+            value = torch.where(hit_t, contrastive_reward(r, baselines, shape, coef).to(r.dtype), r)
+            baseline = torch.where(hit_t, baseline_statistic(baselines, shape), torch.zeros_like(r))
+            experience.info[INFO_BASELINE] = baseline
+            experience.info[INFO_RAW] = r.clone()
+            experience.info[INFO_VALUE] = value
+            experience.info[INFO_BEAT] = ((r > baseline) & hit_t).to(r.dtype)
+            experience.info[INFO_HIT] = hit_t.to(r.dtype)
+            experience.rewards = value
