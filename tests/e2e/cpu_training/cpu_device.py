@@ -1,0 +1,144 @@
+"""TEST-ONLY device choice for OpenRLHF's Ray trainer: "cuda" means the CPU, "nccl" means gloo.
+
+OpenRLHF 0.11.2's training actors address the accelerator as CUDA (``torch.cuda.set_device``,
+``.to(torch.cuda.current_device())``, ``device="cuda"``, ``init_device_mesh("cuda")``, the NCCL weight-sync
+group). On a CPU machine this module redirects those places, and nothing else:
+
+1. ``torch.cuda``: one logical device 0 (``current_device``), ``set_device``/``synchronize`` do nothing,
+   ``current_stream`` is None (it is only passed as ``stream=`` to the weight broadcast).
+2. A ``TorchFunctionMode`` that rewrites a CUDA device argument (``"cuda"``, ``"cuda:N"``, an int, a cuda
+   ``torch.device``) into ``"cpu"`` for every torch call (factories, ``Tensor.to``/``.cuda``). It is pushed on
+   the main thread, where Ray runs the methods of OpenRLHF's synchronous training actors, and entered around
+   the vLLM worker's ``update_weight`` (async actor, other thread).
+3. ``init_device_mesh("cuda", ...)`` builds a "cpu" mesh; ``stateless_init_process_group`` (vLLM's PyNccl
+   communicator between DeepSpeed rank 0 and the vLLM workers) is a stateless gloo group with the same
+   ``broadcast(tensor, src, stream)`` call.
+
+Tensors, models, losses, advantages and KL are computed by OpenRLHF's own code, unchanged, on the CPU.
+``install()`` runs in the launcher and, through Ray's ``worker_process_setup_hook``, in every Ray worker.
+openrlhf modules are patched when they are first imported (they are heavy; most Ray workers need few).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+
+_CPU = "cpu"
+
+
+def _to_cpu(device):
+    import torch
+
+    if isinstance(device, int) and not isinstance(device, bool):  # a bare index means cuda:<index> in torch
+        return _CPU
+    if isinstance(device, str) and device.startswith("cuda"):
+        return _CPU
+    if isinstance(device, torch.device) and device.type == "cuda":
+        return _CPU
+    return device
+
+
+def _mode_class():
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    moving = {torch.Tensor.to, torch.Tensor.cuda}
+
+    class CudaToCpu(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if "device" in kwargs:
+                kwargs["device"] = _to_cpu(kwargs["device"])
+            if func is torch.Tensor.cuda:
+                return args[0].to(_CPU, **{k: v for k, v in kwargs.items() if k == "non_blocking"})
+            if func in moving and len(args) > 1 and not isinstance(args[1], (torch.dtype, torch.Tensor)):
+                args = (args[0], _to_cpu(args[1]), *args[2:])
+            return func(*args, **kwargs)
+
+    return CudaToCpu
+
+
+class _GlooBroadcaster:
+    """The part of vLLM's PyNcclCommunicator that OpenRLHF's weight sync uses, over a stateless gloo group."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def broadcast(self, tensor, src, stream=None):
+        self.group.broadcast(tensor, src).wait()
+
+
+def stateless_gloo_group(master_address, master_port, rank, world_size, device=None):
+    from vllm.distributed.utils import stateless_init_torch_distributed_process_group
+
+    return _GlooBroadcaster(
+        stateless_init_torch_distributed_process_group(master_address, master_port, rank, world_size, backend="gloo")
+    )
+
+
+def _patch_device_mesh(module):
+    real = module.init_device_mesh
+
+    def init_device_mesh(device_type, *args, **kwargs):
+        return real(_to_cpu(device_type), *args, **kwargs)
+
+    module.init_device_mesh = init_device_mesh
+
+
+def _patch_distributed_util(module):
+    module.stateless_init_process_group = stateless_gloo_group
+
+
+def _patch_worker_wrap(module):
+    update_weight = module.WorkerWrap.update_weight
+
+    def update_weight_on_cpu(self, *args, **kwargs):
+        with _mode_class()():
+            return update_weight(self, *args, **kwargs)
+
+    module.WorkerWrap.update_weight = update_weight_on_cpu
+
+
+_AFTER_IMPORT = {
+    "torch.distributed.device_mesh": _patch_device_mesh,
+    "openrlhf.utils.distributed_util": _patch_distributed_util,
+    "openrlhf.trainer.ray.vllm_worker_wrap": _patch_worker_wrap,
+}
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    """Runs _AFTER_IMPORT[name](module) right after `name` is first executed (before anyone imports from it)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in _AFTER_IMPORT:
+            return None
+        patch = _AFTER_IMPORT.pop(name)
+        spec = importlib.util.find_spec(name)
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            patch(module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+def install() -> None:
+    import torch
+
+    if getattr(torch.cuda, "_cpu_device_choice", False):
+        return
+    torch.cuda._cpu_device_choice = True
+    torch.cuda.current_device = lambda: 0
+    torch.cuda.set_device = lambda device: None
+    torch.cuda.synchronize = lambda device=None: None
+    torch.cuda.current_stream = lambda device=None: None
+    _mode_class()().__enter__()  # this thread (Ray's actor-task thread); never exited
+    for name, patch in list(_AFTER_IMPORT.items()):
+        if name in sys.modules:
+            _AFTER_IMPORT.pop(name)
+            patch(sys.modules[name])
+    sys.meta_path.insert(0, _PatchAfterImport())
