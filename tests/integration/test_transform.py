@@ -1,0 +1,225 @@
+"""The plugin inside the real RemoteExperienceMaker.compute_advantages_and_returns of patched openrlhf 0.11.2.
+
+Args come from the real train_ppo_ray parser; experiences are real `Experience` objects. The reference is
+openrlhf's own unpatched compute_advantages_and_returns (the pristine file, recovered from the installed
+one by un-applying our patch) run on rewards the test replaced by r - g(baselines) itself, plus a closed
+form: with gamma = lambda = 1 and no KL, every action token's return is the sample's final reward.
+"""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from openrlhf_cli import parse_train_args
+from openrlhf_contrastive import patching
+from openrlhf_contrastive.fingerprint import training_fingerprint
+from openrlhf_contrastive.store import StoreWriter, prompt_keys
+
+pytestmark = pytest.mark.integration
+
+K = 4
+PROMPTS = [f"<|user|>question {i}: {'why ' * i}?</s><|assistant|>" for i in range(5)]
+
+
+def pristine_experience_maker():
+    """openrlhf 0.11.2's experience_maker.py as released, imported under another module name."""
+    if "pristine_experience_maker" in sys.modules:
+        return sys.modules["pristine_experience_maker"]
+    root = patching.site_packages_of_openrlhf()
+    (file_patch,) = [fp for fp in patching.parse_diff(patching.PATCH_FILE.read_text()) if fp.path.endswith("experience_maker.py")]
+    source = file_patch.apply((root / file_patch.path).read_text(), reverse=True)
+    assert "reward_fn" not in source
+    spec = importlib.util.spec_from_loader("pristine_experience_maker", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(source, "pristine_experience_maker.py", "exec"), module.__dict__)
+    sys.modules["pristine_experience_maker"] = module
+    return module
+
+
+def make_args(tmp_path, estimator, n, extra=()):
+    flags = [
+        "--algo.advantage.estimator", estimator,
+        "--rollout.n_samples_per_prompt", str(n),
+        "--algo.advantage.gamma", "1.0",
+        "--algo.advantage.lambd", "1.0",
+        "--algo.kl.init_coef", "0.01",
+        *extra,
+    ]
+    if estimator != "gae":
+        flags += ["--critic.model_name_or_path", "critic"]
+    return parse_train_args(flags)
+
+
+def write_store(path, args, prompts, baselines):
+    fingerprint = training_fingerprint(args, K, args.rollout.temperature)
+    with StoreWriter(path, K, fingerprint) as writer:
+        writer.append(prompt_keys(prompts), prompts, baselines)
+
+
+def make_experiences(n, seed=0, micro_batch=2, prompts=PROMPTS):
+    """Rollouts of len(prompts) prompts x n samples, in OpenRLHF's order, split into micro-batches."""
+    from openrlhf.trainer.ppo_utils.experience import Experience
+
+    g = torch.Generator().manual_seed(seed)
+    total, actions = len(prompts) * n, 7
+    lengths = torch.randint(2, actions + 1, (total,), generator=g)
+    mask = torch.arange(actions)[None, :] < lengths[:, None]
+    rewards = torch.randn(total, generator=g)
+    kl = 0.1 * torch.randn(total, actions, generator=g) * mask
+    values = torch.randn(total, actions, generator=g) * mask
+    sample_prompts = [p for p in prompts for _ in range(n)]
+    experiences = []
+    for start in range(0, total, micro_batch):
+        sl = slice(start, start + micro_batch)
+        experiences.append(
+            Experience(
+                action_mask=mask[sl].clone(), kl=kl[sl].clone(), values=values[sl].clone(),
+                rewards=rewards[sl].clone(), index=list(range(start, min(start + micro_batch, total))),
+                prompts=sample_prompts[sl], labels=[""] * len(sample_prompts[sl]),
+                info={"reward": rewards[sl].clone()},
+            )
+        )
+    return experiences
+
+
+def run_maker(module, args, experiences):
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    maker = module.RemoteExperienceMaker(
+        None, None, None, None, FixedKLController(args.algo.kl.init_coef), SimpleNamespace(args=args), None
+    )
+    return maker.compute_advantages_and_returns(experiences)
+
+
+def patched_module():
+    from openrlhf.trainer.ppo_utils import experience_maker
+
+    return experience_maker
+
+
+@pytest.fixture(scope="module")
+def baselines():
+    return np.random.default_rng(0).normal(size=(len(PROMPTS), K))
+
+
+def cat(experiences, name):
+    return torch.cat([getattr(e, name) for e in experiences])
+
+
+@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("estimator", ["gae", "reinforce", "flash_reinforce"])
+@pytest.mark.parametrize("shape", ["mean", "median", "sigmoid"])
+def test_advantages_and_returns_equal_openrlhf_on_r_minus_g(tmp_path, baselines, estimator, n, shape):
+    from openrlhf_contrastive.shapes import contrastive_reward
+
+    args = make_args(
+        tmp_path, estimator, n,
+        ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path), "--contrastive.shape", shape],
+    )
+    write_store(tmp_path, args, PROMPTS, baselines)
+
+    got = run_maker(patched_module(), args, make_experiences(n))
+
+    expected_input = make_experiences(n)
+    for e in expected_input:
+        rows = [PROMPTS.index(p) for p in e.prompts]
+        e.rewards = contrastive_reward(e.rewards, torch.from_numpy(baselines[rows]), shape)
+    args.reward_fn = None
+    expected = run_maker(pristine_experience_maker(), args, expected_input)
+
+    for name in ("advantages", "returns"):
+        torch.testing.assert_close(cat(got, name), cat(expected, name), rtol=1e-6, atol=1e-6)
+    raw = cat(make_experiences(n), "rewards")
+    assert torch.equal(torch.cat([e.info["reward"] for e in got]), raw)  # info["reward"] stays raw
+
+
+@pytest.mark.parametrize("estimator", ["gae", "reinforce", "flash_reinforce"])
+def test_returns_are_r_minus_mean_baseline_in_closed_form(tmp_path, baselines, estimator):
+    """gamma = lambda = 1, KL coefficient 0: each action token's return is the final reward r - mean_j r_j."""
+    args = make_args(
+        tmp_path, estimator, 4,
+        ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path), "--algo.kl.init_coef", "0"],
+    )
+    write_store(tmp_path, args, PROMPTS, baselines)
+    got = run_maker(patched_module(), args, make_experiences(4))
+    r = cat(make_experiences(4), "rewards")
+    b = torch.from_numpy(baselines.mean(axis=1)).float().repeat_interleave(4)
+    final = r - b
+    if estimator == "flash_reinforce":
+        final = final - final.mean()
+    mask = cat(got, "action_mask")
+    returns = cat(got, "returns")
+    torch.testing.assert_close(returns[mask], final[:, None].expand_as(mask)[mask], rtol=1e-5, atol=1e-5)
+    assert (returns[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("estimator", ["gae", "reinforce", "flash_reinforce", "rloo", "group_norm"])
+def test_without_reward_fn_the_patched_maker_is_identical_to_unpatched(tmp_path, estimator, n):
+    if n == 1 and estimator in ("rloo", "group_norm"):
+        pytest.skip("openrlhf refuses group estimators with one sample per prompt")
+    args = make_args(tmp_path, estimator, n)
+    assert args.reward_fn is None
+    got = run_maker(patched_module(), args, make_experiences(n))
+    expected = run_maker(pristine_experience_maker(), args, make_experiences(n))
+    for name in ("advantages", "returns", "rewards"):
+        assert torch.equal(cat(got, name), cat(expected, name)), name
+    assert [sorted(e.info) for e in got] == [sorted(e.info) for e in expected]
+
+
+def test_info_holds_length_b_metrics_for_logging(tmp_path, baselines):
+    args = make_args(tmp_path, "gae", 4, ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path)])
+    write_store(tmp_path, args, PROMPTS, baselines)
+    got = run_maker(patched_module(), args, make_experiences(4, micro_batch=3))
+    for e in got:
+        B = len(e.prompts)
+        for key in ("reward", "contrastive/baseline", "contrastive/raw_reward", "contrastive/reward",
+                    "contrastive/beat_baseline", "contrastive/hit"):
+            assert isinstance(e.info[key], torch.Tensor) and e.info[key].shape == (B,), key
+        rows = [PROMPTS.index(p) for p in e.prompts]
+        torch.testing.assert_close(e.info["contrastive/baseline"], torch.from_numpy(baselines[rows].mean(1)).float())
+        torch.testing.assert_close(e.info["contrastive/reward"], e.info["contrastive/raw_reward"] - e.info["contrastive/baseline"])
+        assert e.info["contrastive/hit"].tolist() == [1.0] * B
+        assert e.info["contrastive/beat_baseline"].tolist() == (
+            (e.info["contrastive/raw_reward"] > e.info["contrastive/baseline"]).float().tolist()
+        )
+
+
+def test_a_prompt_missing_from_the_store(tmp_path, baselines):
+    args = make_args(tmp_path, "gae", 4, ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path)])
+    write_store(tmp_path, args, PROMPTS[:-1], baselines[:-1])
+    with pytest.raises(ValueError, match=r"(?s)4 of 4 prompts have no baselines.*question 4.*--contrastive.on_missing raw"):
+        run_maker(patched_module(), args, make_experiences(4, micro_batch=4))
+
+    args.contrastive.on_missing = "raw"
+    raw = cat(make_experiences(4, micro_batch=4), "rewards")
+    got = run_maker(patched_module(), args, make_experiences(4, micro_batch=4))
+    last = got[-1]  # the micro-batch holding the 4 rollouts of the missing prompt
+    assert last.info["contrastive/hit"].tolist() == [0.0] * 4
+    assert torch.equal(last.info["contrastive/reward"], raw[-4:])
+    assert got[0].info["contrastive/hit"].tolist() == [1.0] * 4
+
+
+def test_nan_rewards_are_refused_not_swallowed(tmp_path, baselines):
+    args = make_args(tmp_path, "gae", 1, ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path)])
+    write_store(tmp_path, args, PROMPTS, baselines)
+    experiences = make_experiences(1)
+    experiences[1].rewards[0] = math.nan
+    with pytest.raises(ValueError, match="1 of 2 rewards are NaN or infinite"):
+        run_maker(patched_module(), args, experiences)
+
+
+def test_a_store_made_under_other_settings_is_refused_at_parse_time(tmp_path, baselines):
+    args = make_args(tmp_path, "gae", 1, ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path)])
+    write_store(tmp_path, args, PROMPTS, baselines)
+    flags = ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"(?s)temperature: store has 1.0, now 0.5.*accept_fingerprint_mismatch"):
+        parse_train_args(flags + ["--rollout.temperature", "0.5"])
+    accepted = parse_train_args(flags + ["--rollout.temperature", "0.5", "--contrastive.accept_fingerprint_mismatch"])
+    assert accepted.contrastive.accept_fingerprint_mismatch
