@@ -59,6 +59,14 @@ def add_contrastive_args(parser: argparse.ArgumentParser) -> None:
         help="Sampling temperature of the baseline responses (default: --rollout.temperature).",
     )
     group.add_argument(
+        "--contrastive.chunk_size", type=int, default=64,
+        help="Offline stage: prompts sampled, scored and appended to the store together (the unit of resume).",
+    )
+    group.add_argument(
+        "--contrastive.allow_dated_prompts", action="store_true", default=False,
+        help="Offline stage: go on when the chat template writes today's date into the prompts (keys then change daily).",
+    )
+    group.add_argument(
         "--contrastive.accept_fingerprint_mismatch", action="store_true", default=False,
         help="Use a store whose provenance (policy, reward, prompt or sampling settings) differs from this run's.",
     )
@@ -95,11 +103,21 @@ class ContrastiveReward:
                 f"{reason}. Use --algo.advantage.estimator gae (the paper's PPO), reinforce or flash_reinforce, or a "
                 "non-linear shape (--contrastive.shape sigmoid or winrate), or drop --reward_fn contrastive."
             )
-        if settings.k < shape.min_k:
-            raise SystemExit(f"--contrastive.shape {shape} needs --contrastive.k >= {shape.min_k}, got {settings.k}.")
         if settings.k < 1:
             raise SystemExit(f"--contrastive.k must be at least 1, got {settings.k}.")
-        if Path(settings.baseline_path, "header.json").exists():
+        if settings.k < shape.min_k:
+            raise SystemExit(f"--contrastive.shape {shape} needs --contrastive.k >= {shape.min_k}, got {settings.k}.")
+        if settings.chunk_size < 1:
+            raise SystemExit(f"--contrastive.chunk_size must be at least 1, got {settings.chunk_size}.")
+        has_store = Path(settings.baseline_path, "header.json").exists()
+        if getattr(args.train, "async_enable", False) and not has_store:
+            raise SystemExit(
+                f"--train.async_enable with --reward_fn contrastive needs an existing baseline store, and "
+                f"{settings.baseline_path} holds none: the async trainer generates from the first moment, so the "
+                "in-job offline stage cannot run before it. Write the store first with `openrlhf-contrastive sample` "
+                "and the same flags, then start training."
+            )
+        if has_store:
             from openrlhf_contrastive.store import BaselineStore, StoreError
 
             try:
@@ -122,9 +140,15 @@ class ContrastiveReward:
     # -- start of training ----------------------------------------------------------------------------------
 
     def setup(self, trainer) -> None:
-        """Load and validate the store once, before the first PPO step; report its coverage of the prompts."""
-        self.load(trainer.args)
+        """Before the first PPO step: run the offline stage on the trainer's own engines when the store misses
+        prompts of the training set (none: zero generations), then load and validate it and report its coverage."""
         dataset = getattr(getattr(trainer, "prompts_dataloader", None), "dataset", None)
+        if dataset is not None and self._stage_needed(trainer.args, dataset):
+            from openrlhf_contrastive.stage import run_in_job
+
+            run_in_job(trainer)
+            self.store = None
+        self.load(trainer.args)
         if dataset is not None:
             from openrlhf_contrastive.store import prompt_keys
 
@@ -135,6 +159,18 @@ class ContrastiveReward:
                 first = dataset.prompts[int((~hit).nonzero()[0][0])]
                 raise ValueError(self._missing_message(missing, len(hit), first))
             logger.info("contrastive: store %s covers %d of %d training prompts", self.store.path, len(hit) - missing, len(hit))
+
+    def _stage_needed(self, args, dataset) -> bool:
+        """No store yet, or a store with this run's fingerprint that lacks some of the training prompts (a store
+        made under other settings and accepted with --contrastive.accept_fingerprint_mismatch is never extended)."""
+        from openrlhf_contrastive.store import prompt_keys
+
+        if not Path(args.contrastive.baseline_path, "header.json").exists():
+            return True
+        self.load(args)
+        labels = dataset.labels if args.data.label_key else None
+        _, hit = self.store.lookup(prompt_keys(dataset.prompts, labels))
+        return not hit.all() and not self.store.check_fingerprint(self.fingerprint(args), accept_mismatch=True)
 
     def load(self, args) -> None:
         from openrlhf_contrastive.store import BaselineStore
