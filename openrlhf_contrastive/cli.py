@@ -30,7 +30,22 @@ def _patch(argv: list[str]) -> int:
         return 2
 
 
-COMMANDS = {"patch": _patch}
+def _sample(argv: list[str]) -> int:
+    import logging
+
+    from openrlhf_contrastive import stage
+    from openrlhf_contrastive.store import StoreError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        stage.main(argv)
+    except (StoreError, ValueError) as e:
+        print(f"openrlhf-contrastive sample: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+COMMANDS = {"patch": _patch, "sample": _sample}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(
             "usage: openrlhf-contrastive {" + ",".join(COMMANDS) + "} ...\n"
-            "  patch    add the --reward_fn extension point to the installed openrlhf (--check, --revert)",
+            "  patch    add the --reward_fn extension point to the installed openrlhf (--check, --revert)\n"
+            "  sample   the offline stage: k baseline rewards per prompt into --contrastive.baseline_path",
             file=sys.stderr,
         )
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -1,0 +1,133 @@
+"""The `hf` backend: transformers `generate` + OpenRLHF's reward model on one device (CPU or one GPU).
+
+Sampling is seeded per fixed chunk of the deduplicated prompt list (`torch.manual_seed(--train.seed + chunk)`),
+so a chunk redone after a crash produces exactly the same responses. Prompts are tokenized and truncated as
+OpenRLHF's `SingleTurnAgentExecutor` does; the reward comes from `get_llm_for_sequence_regression(..., "reward",
+normalize_reward=--reward.normalize_enable)` (as `RewardModelActor` builds it) or, with --reward.remote_url, from
+OpenRLHF's executor's own reward-function / HTTP calls on the decoded query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+
+from openrlhf_contrastive.backends import remote_reward_urls
+
+
+class HFBackend:
+    def __init__(self, args, device: str | None = None, reward_batch_size: int = 16):
+        from transformers import AutoModelForCausalLM
+
+        from openrlhf.utils.utils import get_tokenizer
+
+        self.args = args
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.policy = AutoModelForCausalLM.from_pretrained(args.actor.model_name_or_path, dtype=dtype).to(self.device)
+        self.policy.eval()
+        self.tokenizer = get_tokenizer(
+            args.actor.model_name_or_path, self.policy, "left", None, use_fast=not args.data.disable_fast_tokenizer
+        )
+        self.reward_batch_size = reward_batch_size
+        self.remote_urls = remote_reward_urls(args)
+        self.reward_model = self.executor = None
+        if self.remote_urls:
+            from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+            self.executor = SingleTurnAgentExecutor(self.remote_urls)
+        else:
+            from openrlhf.models import get_llm_for_sequence_regression
+
+            self.reward_model = get_llm_for_sequence_regression(
+                args.reward.model_name_or_path.split(",")[0],
+                "reward",
+                normalize_reward=args.reward.normalize_enable,
+                attn_implementation="sdpa",
+                param_dtype="bf16",
+                value_head_prefix=args.ds.value_head_prefix,
+            )
+            self.reward_model = self.reward_model.to(self.device, dtype=dtype).eval()
+        self.num_generations = 0
+        self.num_tokens = 0
+
+    # -- sample k responses per prompt -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, prompts, labels, keys, k: int, chunk_index: int):
+        from openrlhf.trainer.ppo_utils.experience import Experience
+
+        args, tok = self.args, self.tokenizer
+        max_len, max_new = args.data.max_len, args.rollout.max_new_tokens
+        prompt_ids = []
+        for prompt in prompts:  # tokenized and truncated as SingleTurnAgentExecutor.execute does
+            ids = tok(text=prompt, add_special_tokens=False)["input_ids"]
+            budget = max_new if max_new is not None else max(1, max_len - len(ids))
+            prompt_ids.append(ids[-(max_len - budget) :] if len(ids) > max_len - budget else ids)
+        width = max(len(ids) for ids in prompt_ids)
+        new_tokens = max_new if max_new is not None else max(1, max_len - width)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids], device=self.device)
+        attention_mask = (torch.arange(width, device=self.device)[None, :] >= torch.tensor(
+            [width - len(ids) for ids in prompt_ids], device=self.device)[:, None]).long()
+        temperature = args.contrastive.temperature if args.contrastive.temperature is not None else args.rollout.temperature
+        sampling = dict(do_sample=True, temperature=temperature, top_p=args.rollout.top_p) if temperature > 0 else dict(do_sample=False)
+        torch.manual_seed(int(args.train.seed) + chunk_index)  # TRY NOT TO MODIFY: seeding makes resume exact
+        out = self.policy.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens, min_new_tokens=1,
+            num_return_sequences=k, pad_token_id=pad, eos_token_id=tok.eos_token_id, **sampling,
+        )
+        experiences = []
+        for row, sequence in enumerate(out[:, width:].tolist()):
+            i = row // k
+            eos = sequence.index(tok.eos_token_id) if tok.eos_token_id in sequence else None
+            response = sequence if eos is None else sequence[: eos + 1]
+            tokens = (prompt_ids[i] + response)[:max_len]
+            n_resp = len(tokens) - len(prompt_ids[i])
+            self.num_tokens += len(response)
+            experiences.append(Experience(
+                sequences=torch.tensor([tokens]),
+                attention_mask=torch.ones(1, len(tokens), dtype=torch.long),
+                action_mask=torch.tensor([[0] * (len(prompt_ids[i]) - 1) + [1] * n_resp]),
+                response_length=torch.tensor([n_resp]),
+                truncated=torch.tensor([eos is None]),
+                total_length=torch.tensor([float(len(tokens))]),
+                prompts=[prompts[i]],
+                labels=[labels[i]],
+                info={},
+            ))
+        self.num_generations += len(experiences)
+        return experiences
+
+    # -- score like training ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score(self, experiences) -> None:
+        if self.executor is not None:
+            rewards = asyncio.run(self._remote_rewards(experiences))
+        else:
+            rewards = []
+            for start in range(0, len(experiences), self.reward_batch_size):
+                batch = experiences[start : start + self.reward_batch_size]
+                width = max(e.sequences.shape[1] for e in batch)
+                seqs = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, e in enumerate(batch):  # right padding: the reward head reads the last real token
+                    seqs[row, : e.sequences.shape[1]] = e.sequences[0]
+                    mask[row, : e.sequences.shape[1]] = 1
+                r = self.reward_model(seqs.to(self.device), mask.to(self.device), pad_sequence=True)
+                rewards.extend(r.float().cpu().tolist())
+        for e, r in zip(experiences, rewards):
+            e.rewards = torch.tensor([float(r)])
+            e.info["reward"] = e.rewards
+
+    async def _remote_rewards(self, experiences):
+        """One query per sample through OpenRLHF's executor, as the rollout actor calls it."""
+        fetch = self.executor._fetch_rewards_via_func if self.executor.reward_func else self.executor._fetch_rewards_via_http
+        queries = [self.tokenizer.decode(e.sequences[0].tolist(), skip_special_tokens=False) for e in experiences]
+        results = await asyncio.gather(*(fetch([q], e.prompts, e.labels) for q, e in zip(queries, experiences)))
+        return [float(torch.as_tensor(result[0]["rewards"]).flatten()[0]) for result in results]
+
+    def close(self) -> None:
+        self.policy = self.reward_model = None

@@ -1,0 +1,187 @@
+"""The `openrlhf` backend: OpenRLHF's own vLLM rollout actors over Ray, rewards exactly as training gets them.
+
+Generation goes through `RolloutRayActor.generate_responses` (OpenRLHF's `SingleTurnAgentExecutor`: the same
+tokenization, truncation and, with --reward.remote_url, the same reward-function / HTTP call as a rollout), one
+request per baseline sample with `SamplingParams(seed=stage_seed(key, j))`, so a prompt's k responses do not
+depend on batching or on which engine serves it. Responses become `Experience`s through
+`SamplesGenerator._process_response_into_experience`; without a remote reward, the reward-model group's
+`forward` scores them through `RayActorGroup.async_run_method_batch`, as `RemoteExperienceMaker.make_experience`
+does. In a training job the engines, reward group, tokenizer and samples generator are the trainer's own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+from openrlhf_contrastive.backends import remote_reward_urls, stage_seed
+
+logger = logging.getLogger(__name__)
+
+
+class StageStrategy:
+    """What SamplesGenerator, blending_datasets and PromptDataset read from a DeepspeedStrategy, for the driver."""
+
+    def __init__(self, args):
+        self.args = args
+
+    def print(self, *msg):
+        logger.info(" ".join(str(m) for m in msg))
+
+    def is_rank_0(self) -> bool:
+        return True
+
+
+class OpenRLHFBackend:
+    def __init__(self, args, vllm_engines, tokenizer, reward_model_group=None, samples_generator=None, owned=()):
+        from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+
+        if not vllm_engines:
+            raise ValueError(
+                "The openrlhf backend of the baseline stage needs vLLM engines, and this job has none "
+                "(--vllm.num_engines is 0 or unset). Set --vllm.num_engines, or write the store beforehand with "
+                "`openrlhf-contrastive sample ... --contrastive.backend hf`."
+            )
+        self.args = args
+        self.engines = vllm_engines
+        self.tokenizer = tokenizer
+        self.reward_model_group = reward_model_group
+        self.generator = samples_generator or SamplesGenerator(StageStrategy(args), None, None, tokenizer, vllm_engines)
+        self.owned = list(owned)  # Ray actors this backend started (standalone), killed by close()
+        self.num_generations = 0
+        self.num_tokens = 0
+
+    @classmethod
+    def from_trainer(cls, trainer) -> "OpenRLHFBackend":
+        """The trainer's own engines (still the initial policy at the start of fit) and reward group."""
+        return cls(trainer.args, trainer.vllm_engines, trainer.tokenizer, trainer.reward_model_group, trainer.samples_generator)
+
+    @classmethod
+    def from_args(cls, args) -> "OpenRLHFBackend":
+        """Start engines (and a RewardModelActor group unless --reward.remote_url) as train_ppo_ray does."""
+        import ray
+
+        from openrlhf.trainer.ray.vllm_engine import create_vllm_engines
+        from openrlhf.utils.utils import get_tokenizer
+
+        num_engines = args.vllm.num_engines or 1
+        remote = remote_reward_urls(args)
+        needed = num_engines * args.vllm.tensor_parallel_size
+        if not remote:
+            needed += args.reward.num_nodes * args.reward.num_gpus_per_node
+        if not ray.is_initialized():
+            ray.init()
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < needed:
+            raise ValueError(
+                f"The openrlhf backend needs {needed} GPUs ({num_engines} vLLM engine(s) x "
+                f"--vllm.tensor_parallel_size {args.vllm.tensor_parallel_size}"
+                + ("" if remote else f" + reward model {args.reward.num_nodes} x {args.reward.num_gpus_per_node}")
+                + f"), the Ray cluster has {gpus:g}. Lower --vllm.num_engines / --reward.num_gpus_per_node, or use "
+                "--contrastive.backend hf (one device, CPU included)."
+            )
+        engines = create_vllm_engines(
+            num_engines,
+            args.vllm.tensor_parallel_size,
+            args.actor.model_name_or_path,
+            args.train.seed,
+            args.train.full_determinism_enable,
+            args.vllm.enable_prefix_caching,
+            args.vllm.enforce_eager,
+            args.data.max_len,
+            None,
+            args.vllm.gpu_memory_utilization,
+            False,
+            None,
+            remote_rm_url=remote,
+        )
+        group = None
+        if not remote:
+            from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
+            from openrlhf.utils import get_strategy
+
+            group = RayActorGroup(args.reward.num_nodes, args.reward.num_gpus_per_node, RewardModelActor)
+            ray.get(group.async_init_model_from_pretrained(get_strategy(args), args.reward.model_name_or_path))
+        tokenizer = get_tokenizer(args.actor.model_name_or_path, None, "left", None, use_fast=not args.data.disable_fast_tokenizer)
+        owned = list(engines) + (list(group._actor_handlers) if group is not None else [])
+        return cls(args, engines, tokenizer, group, owned=owned)
+
+    # -- sample k responses per prompt -----------------------------------------------------------------------
+
+    def sample(self, prompts, labels, keys, k: int, chunk_index: int):
+        import ray
+        from vllm import SamplingParams
+
+        from openrlhf.trainer.ray.vllm_engine import batch_vllm_engine_call
+
+        args = self.args
+        temperature = args.contrastive.temperature if args.contrastive.temperature is not None else args.rollout.temperature
+        max_len = args.data.max_len
+        if args.vllm.enable_sleep:
+            batch_vllm_engine_call(self.engines, "wake_up")
+        try:
+            refs = []
+            for i, (prompt, label, key) in enumerate(zip(prompts, labels, keys)):
+                for j in range(k):
+                    params = SamplingParams(  # as SamplesGenerator._dispatch_prompts_to_vllm, plus a per-request seed
+                        temperature=temperature, top_p=args.rollout.top_p, top_k=-1,
+                        max_tokens=args.rollout.max_new_tokens, min_tokens=1, skip_special_tokens=False,
+                        seed=stage_seed(args, key, j),
+                    )
+                    engine = self.engines[(i * k + j) % len(self.engines)]
+                    refs.append(engine.generate_responses.remote(
+                        prompt=prompt, label=label, sampling_params=params, max_length=max_len,
+                        hf_tokenizer=self.tokenizer, num_samples=1,
+                    ))
+            responses = [out[0] for out in ray.get(refs)]
+        finally:
+            if args.vllm.enable_sleep:
+                batch_vllm_engine_call(self.engines, "sleep")
+        experiences = [self.generator._process_response_into_experience(r, max_len=max_len) for r in responses]
+        self.num_generations += len(experiences)
+        self.num_tokens += int(sum(e.response_length.sum() for e in experiences))
+        return experiences
+
+    # -- score like training ---------------------------------------------------------------------------------
+
+    def score(self, experiences) -> None:
+        import ray
+
+        args = self.args
+        if remote_reward_urls(args):
+            missing = [e for e in experiences if e.rewards is None]
+            if missing:
+                raise ValueError(
+                    f"--reward.remote_url {args.reward.remote_url} returned no reward for {len(missing)} of "
+                    f"{len(experiences)} baseline responses (for example of the prompt {missing[0].prompts[0][:200]!r}). "
+                    "OpenRLHF's rollout actor logs the cause at INFO in the Ray worker log ('Failed to fetch reward'). "
+                    "Fix the reward server or reward function and rerun: finished prompts are kept."
+                )
+            return
+        group = self.reward_model_group
+        if group is None:
+            raise ValueError(
+                "No reward source for the baseline stage: set --reward.model_name_or_path (reward model) or "
+                "--reward.remote_url (HTTP server or reward-function .py file), as for training."
+            )
+        refs = group.async_run_method_batch(
+            method_name="forward",
+            sequences=[e.sequences for e in experiences],
+            attention_mask=[e.attention_mask for e in experiences],
+            pad_sequence=[True] * len(experiences),
+        )
+        if args.train.colocate_all:  # as RemoteExperienceMaker._dispatch_forward with colocated models
+            ray.get(refs)
+            ray.get(group.async_run_method(method_name="empty_cache"))
+        duplicate = getattr(args.ds, "ring_attn_size", 1) * getattr(args.ds, "tensor_parallel_size", 1)
+        rewards = list(itertools.chain.from_iterable(ray.get(refs)[::duplicate]))
+        for e, r in zip(experiences, rewards):
+            e.rewards = r
+            e.info["reward"] = r
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.owned:
+            ray.kill(actor)
+        self.owned = []

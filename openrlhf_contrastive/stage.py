@@ -1,0 +1,282 @@
+"""The offline stage: k baseline responses per prompt from the initial policy, scored as training scores them.
+
+    openrlhf-contrastive sample --actor.model_name_or_path SFT --reward.model_name_or_path RM \
+        --data.prompt_dataset prompts.jsonl --data.input_key input --data.apply_chat_template \
+        --rollout.max_new_tokens 512 --contrastive.k 4 --contrastive.baseline_path ./baselines
+
+takes the model, reward, data, rollout and vLLM flags of `train_ppo_ray` (copy the training command: its other
+flags are ignored) and reads top to bottom:
+
+    1. prompts   OpenRLHF's blending_datasets + PromptDataset on the --data.* flags; duplicate keys dropped
+    2. resume    the store (StoreWriter) says which prompts are done; fixed chunks with nothing missing are skipped
+    3. sample    backend.sample: k responses per prompt (seeded per prompt key, or per chunk for hf)
+    4. score     backend.score: the reward training uses (reward model, reward group, remote URL, reward file)
+    5. penalise  OpenRLHF's own apply_length_penalties on those Experiences (as compute_advantages_and_returns)
+    6. write     StoreWriter.append per chunk; tqdm shows prompts/s and tokens/s; a summary at the end
+
+In a training job `ContrastiveReward.setup` calls `run_in_job(trainer)`: the same stage on the trainer's own
+engines and reward group, before the first PPO step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import sys
+import time
+
+logger = logging.getLogger(__name__)
+
+# The flags of train_ppo_ray that decide which prompts, policy, reward and sampling the baselines come from
+# (same names, types and defaults as openrlhf 0.11.2's train_ppo_ray).
+TRAIN_PPO_RAY_FLAGS = [
+    ("--actor.model_name_or_path", dict(type=str, default=None, help="HF model name or path")),
+    ("--reward.model_name_or_path", dict(type=str, default=None, help="HF model name or path")),
+    ("--reward.remote_url", dict(type=str, default=None, help="remote RM API (HTTP) or reward_func .py file")),
+    ("--reward.normalize_enable", dict(action="store_true", default=False, help="Enable Reward Normalization")),
+    ("--reward.overlong_buffer_len", dict(type=float, default=None, help="reward with optional overlong penalty")),
+    ("--reward.overlong_penalty_factor", dict(type=float, default=1, help="overlong penalty factor")),
+    ("--reward.stop_properly_penalty_coef", dict(type=float, default=None, help="Penalty for truncated samples")),
+    ("--reward.num_nodes", dict(type=int, default=1, help="number of nodes for reward model")),
+    ("--reward.num_gpus_per_node", dict(type=int, default=8, help="number of gpus per node for reward model")),
+    ("--reward.offload", dict(action="store_true", default=False, help="Offload reward model to CPU")),
+    ("--data.prompt_dataset", dict(type=str, default=None, help="HF dataset name or path")),
+    ("--data.prompt_probs", dict(type=str, default=None, help="sampling probs for datasets")),
+    ("--data.prompt_split", dict(type=str, default="train")),
+    ("--data.input_key", dict(type=str, default="input", help="JSON dataset key")),
+    ("--data.label_key", dict(type=str, default=None, help="JSON dataset key")),
+    ("--data.input_template", dict(type=str, default=None)),
+    ("--data.apply_chat_template", dict(action="store_true", default=False, help="Use HF tokenizer chat template")),
+    ("--data.max_samples", dict(type=int, default=int(1e8), help="Max number of samples")),
+    ("--data.max_len", dict(type=int, default=2048, help="Max total sequence length (prompt + response)")),
+    ("--data.disable_fast_tokenizer", dict(action="store_true", default=False)),
+    ("--data.image_key", dict(type=str, default="images", help="Dataset key for image paths/URLs")),
+    ("--rollout.max_new_tokens", dict(type=int, default=None, help="Max tokens to generate per sample")),
+    ("--rollout.temperature", dict(type=float, default=1.0)),
+    ("--rollout.top_p", dict(type=float, default=1.0)),
+    ("--vllm.num_engines", dict(type=int, default=None, help="number of vLLM Engines")),
+    ("--vllm.tensor_parallel_size", dict(type=int, default=1, help="tensor parallel size of vLLM Engine")),
+    ("--vllm.enable_prefix_caching", dict(action="store_true", default=False)),
+    ("--vllm.enforce_eager", dict(action="store_true", default=False, help="Disable CUDA graph in vLLM")),
+    ("--vllm.enable_sleep", dict(action="store_true", default=False, help="(in-job only) sleep vLLM between phases")),
+    ("--vllm.gpu_memory_utilization", dict(type=float, default=0.95, help="vLLM gpu_memory_utilization")),
+    ("--train.seed", dict(type=int, default=42)),
+    ("--train.full_determinism_enable", dict(action="store_true", default=False)),
+    ("--train.colocate_all", dict(action="store_true", default=False)),
+    ("--local_rank", dict(type=int, default=-1, help="local_rank for deepspeed")),
+    ("--ds.zero_stage", dict(type=int, default=2, help="DeepSpeed ZeRO stage")),
+    ("--ds.param_dtype", dict(type=str, default="bf16", choices=["bf16", "fp16"], help="Model data type")),
+    ("--ds.attn_implementation", dict(type=str, default="flash_attention_2", help="Attention implementation")),
+    ("--ds.experts_implementation", dict(type=str, default=None)),
+    ("--ds.load_in_4bit", dict(action="store_true", default=False)),
+    ("--ds.packing_samples", dict(action="store_true", default=False)),
+    ("--ds.value_head_prefix", dict(type=str, default="score")),
+    ("--use_ms", dict(action="store_true", default=False)),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from openrlhf_contrastive.backends import BACKENDS
+    from openrlhf_contrastive.plugin import add_contrastive_args
+
+    parser = argparse.ArgumentParser(
+        prog="openrlhf-contrastive sample",
+        description="Offline stage of contrastive rewards: sample --contrastive.k baseline responses per prompt from "
+        "the initial policy, score them with the training reward, write the store at --contrastive.baseline_path. "
+        "Takes train_ppo_ray's flags; those that do not change the baselines are ignored.",
+    )
+    for flag, spec in TRAIN_PPO_RAY_FLAGS:
+        parser.add_argument(flag, **spec)
+    add_contrastive_args(parser)
+    parser.add_argument(
+        "--contrastive.backend", type=str, default=None, choices=BACKENDS,
+        help="openrlhf: vLLM engines over Ray (default where vLLM is installed); hf: transformers on one device.",
+    )
+    return parser
+
+
+def parse_args(argv: list[str]):
+    """train_ppo_ray-style nested args (openrlhf.utils.config.hierarchize), normalised as train_ppo_ray does."""
+    from openrlhf.utils.config import hierarchize
+
+    flat, ignored = build_parser().parse_known_args(argv)
+    flags = [a for a in ignored if a.startswith("--")]
+    if flags:
+        logger.warning("openrlhf-contrastive sample ignores these flags (they do not change baselines): %s", " ".join(flags))
+    args = hierarchize(flat)
+    if args.reward.remote_url:
+        args.reward.remote_url = args.reward.remote_url.split(",")
+    if args.data.input_template and "{}" not in args.data.input_template:
+        args.data.input_template = None  # train_ppo_ray does the same (with a warning)
+    missing = [f for f, v in [("--actor.model_name_or_path", args.actor.model_name_or_path),
+                              ("--data.prompt_dataset", args.data.prompt_dataset),
+                              ("--contrastive.baseline_path", args.contrastive.baseline_path)] if not v]
+    if not (args.reward.model_name_or_path or args.reward.remote_url):
+        missing.append("--reward.model_name_or_path or --reward.remote_url")
+    if missing:
+        raise SystemExit(f"openrlhf-contrastive sample needs {', '.join(missing)} (the same values as for training).")
+    return args
+
+
+def build_prompts(args, tokenizer, strategy) -> tuple[list[str], list[str]]:
+    """The prompts and labels exactly as train_ppo_ray's prepare_datasets builds its PromptDataset."""
+    from openrlhf.datasets.prompts_dataset import PromptDataset
+    from openrlhf.datasets.utils import blending_datasets
+
+    data = blending_datasets(
+        args.data.prompt_dataset, args.data.prompt_probs, strategy, args.train.seed,
+        max_count=args.data.max_samples, dataset_split=args.data.prompt_split,
+    )
+    data = data.select(range(min(args.data.max_samples, len(data))))
+    dataset = PromptDataset(data, tokenizer, strategy, input_template=args.data.input_template)
+    return dataset.prompts, dataset.labels
+
+
+def dated_chat_template(args, tokenizer, today: datetime.date | None = None) -> str | None:
+    """The date string when the chat template writes today's date into every prompt (keys then change daily)."""
+    if not args.data.apply_chat_template:
+        return None
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    today = today or datetime.date.today()
+    forms = {today.strftime(f) for f in ("%d %b %Y", "%d %B %Y", "%Y-%m-%d", "%B %d, %Y", "%b %d, %Y", "%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d")}
+    forms |= {f"{today.day} {today:%b %Y}", f"{today.day} {today:%B %Y}", f"{today:%B} {today.day}, {today.year}"}
+    return next((f for f in sorted(forms, key=len, reverse=True) if f in rendered), None)
+
+
+def dated_prompt_message(date: str) -> str:
+    return (
+        f"The chat template of --actor.model_name_or_path writes today's date ({date!r}) into every prompt, so the "
+        "prompt strings (the store's keys) change from day to day: a training run on another day finds no baselines. "
+        "Fix: give the tokenizer a chat template with a fixed date (in tokenizer_config.json / chat_template.jinja "
+        "replace strftime_now(...) by a constant string, e.g. set date_string), or use --data.input_template instead of "
+        "--data.apply_chat_template. Pass --contrastive.allow_dated_prompts to go on anyway (train on the same day)."
+    )
+
+
+def run_stage(args, backend, prompts, labels, log=print) -> dict:
+    """Sample, score, penalise and store the baselines of every prompt the store does not hold yet."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
+
+    from openrlhf_contrastive.fingerprint import training_fingerprint
+    from openrlhf_contrastive.store import BaselineStore, StoreWriter, prompt_key
+
+    start = time.time()
+    k = args.contrastive.k
+    temperature = args.rollout.temperature if args.contrastive.temperature is None else args.contrastive.temperature
+    label_keyed = bool(args.data.label_key)
+
+    # 1. prompts: drop duplicate keys, keep the first occurrence (order of the dataset)
+    seen, keys, texts, uniq_prompts, uniq_labels = set(), [], [], [], []
+    for prompt, label in zip(prompts, labels):
+        key = prompt_key(prompt, label if label_keyed else None)
+        if key not in seen:
+            seen.add(key)
+            keys.append(key)
+            texts.append(prompt + ("\x00" + str(label) if label_keyed else ""))
+            uniq_prompts.append(prompt)
+            uniq_labels.append(label)
+
+    # 2. resume: fixed chunks of the deduplicated list; a chunk with a missing key is redone whole (same seeds)
+    writer = StoreWriter(args.contrastive.baseline_path, k, training_fingerprint(args, k, temperature))
+    size = args.contrastive.chunk_size
+    chunks = [range(s, min(s + size, len(keys))) for s in range(0, len(keys), size)]
+    todo = [(c, idx) for c, idx in enumerate(chunks) if any(keys[i] not in writer.done for i in idx)]
+    already = sum(1 for key in keys if key in writer.done)
+    generations0, tokens0 = backend.num_generations, backend.num_tokens
+
+    bar = tqdm(total=len(keys) - already, unit="prompt", desc="baselines", dynamic_ncols=True)
+    try:
+        for chunk_index, idx in todo:
+            # 3. sample k responses per prompt from the initial policy
+            experiences = backend.sample(
+                [uniq_prompts[i] for i in idx], [uniq_labels[i] for i in idx], [keys[i] for i in idx], k, chunk_index
+            )
+            # 4. score them with the training reward
+            backend.score(experiences)
+            # 5. length penalties, as RemoteExperienceMaker.compute_advantages_and_returns applies them
+            for e in experiences:
+                e.rewards = e.rewards.to(torch.promote_types(e.rewards.dtype, torch.float32))
+            apply_length_penalties(experiences, args)
+            rewards = torch.cat([e.rewards.flatten() for e in experiences]).double().numpy().reshape(len(idx), k)
+            # 6. write (keys already stored are skipped by the writer)
+            before = len(writer.done)
+            writer.append([keys[i] for i in idx], [texts[i] for i in idx], rewards)
+            bar.update(len(writer.done) - before)
+            elapsed = max(bar.format_dict["elapsed"], 1e-9)
+            bar.set_postfix(tokens_per_s=f"{(backend.num_tokens - tokens0) / elapsed:.0f}")
+    finally:
+        bar.close()
+        writer.close()
+
+    store = BaselineStore.load(args.contrastive.baseline_path)
+    elapsed = time.time() - start
+    new = len(keys) - already
+    summary = {
+        "store": str(args.contrastive.baseline_path),
+        "prompts": len(keys),
+        "duplicates_dropped": len(prompts) - len(keys),
+        "already_stored": already,
+        "sampled_prompts": new,
+        "k": k,
+        "generations": backend.num_generations - generations0,
+        "generated_tokens": backend.num_tokens - tokens0,
+        "baseline_mean": float(np.mean(store.mean)) if len(store) else float("nan"),
+        "baseline_std": float(np.std(store.rewards)) if len(store) else float("nan"),
+        "seconds": elapsed,
+        "prompts_per_s": new / elapsed,
+        "tokens_per_s": (backend.num_tokens - tokens0) / elapsed,
+    }
+    log(
+        f"baseline store {summary['store']}: {summary['prompts']} prompts x k={k} "
+        f"({summary['sampled_prompts']} sampled now, {already} already stored, {summary['duplicates_dropped']} duplicates "
+        f"dropped); baseline reward mean {summary['baseline_mean']:.4f}, std {summary['baseline_std']:.4f}; "
+        f"{summary['generations']} generations, {summary['generated_tokens']} tokens in {elapsed:.1f} s "
+        f"({summary['prompts_per_s']:.2f} prompts/s, {summary['tokens_per_s']:.1f} tokens/s)"
+    )
+    return summary
+
+
+def run_in_job(trainer) -> dict:
+    """The stage inside train_ppo_ray, on the trainer's own vLLM engines and reward group (start of fit)."""
+    from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
+
+    args = trainer.args
+    date = dated_chat_template(args, trainer.tokenizer)
+    if date:
+        logger.warning(dated_prompt_message(date))
+    dataset = trainer.prompts_dataloader.dataset
+    return run_stage(args, OpenRLHFBackend.from_trainer(trainer), dataset.prompts, dataset.labels, log=logger.info)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`openrlhf-contrastive sample`: parse, build prompts, start the backend, run the stage, shut down."""
+    from openrlhf_contrastive.backends import default_backend
+    from openrlhf_contrastive.backends.openrlhf import StageStrategy
+
+    from openrlhf.utils.utils import get_tokenizer
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Everything that can be wrong with the prompts is found before an engine or a GPU is started.
+    tokenizer = get_tokenizer(args.actor.model_name_or_path, None, "left", None, use_fast=not args.data.disable_fast_tokenizer)
+    date = dated_chat_template(args, tokenizer)
+    if date and not args.contrastive.allow_dated_prompts:
+        raise SystemExit(dated_prompt_message(date))
+    prompts, labels = build_prompts(args, tokenizer, StageStrategy(args))
+    backend_name = args.contrastive.backend or default_backend()
+    if backend_name == "hf":
+        from openrlhf_contrastive.backends.hf import HFBackend
+
+        backend = HFBackend(args)
+    else:
+        from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
+
+        backend = OpenRLHFBackend.from_args(args)
+    try:
+        return run_stage(args, backend, prompts, labels)
+    finally:
+        backend.close()
