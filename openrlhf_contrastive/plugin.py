@@ -180,9 +180,9 @@ class ContrastiveReward:
             store.check_fingerprint(self.fingerprint(args), args.contrastive.accept_fingerprint_mismatch)
             self.store = store
 
-    def _missing_message(self, missing: int, total: int, first_prompt: str) -> str:
+    def _missing_message(self, missing: int, total: int, first_prompt: str, what: str = "training prompts") -> str:
         return (
-            f"{missing} of {total} prompts have no baselines in the store {self.store.path}, for example "
+            f"{missing} of {total} {what} have no baselines in the store {self.store.path}, for example "
             f"{first_prompt[:300]!r}. The store's keys are the exact prompt strings OpenRLHF builds (input template or "
             "chat template applied); a different dataset, --data.* flag or a chat template that inserts today's date "
             "changes them. Rerun the stage with the training flags (finished prompts are kept), or pass "
@@ -192,7 +192,11 @@ class ContrastiveReward:
     # -- every PPO step -------------------------------------------------------------------------------------
 
     def transform(self, experiences, args) -> None:
-        """Replace each experience's per-sample rewards by the contrastive value; log length-B tensors in info."""
+        """Replace each experience's per-sample rewards by the contrastive value; log length-B tensors in info.
+
+        The whole rollout batch is looked up and shaped at once (a few vectorised ops per PPO step), then split
+        back into the experiences.
+        """
         import torch
 
         from openrlhf_contrastive.shapes import baseline_statistic, contrastive_reward, parse_shape
@@ -200,20 +204,27 @@ class ContrastiveReward:
 
         self.load(args)
         shape, coef = parse_shape(args.contrastive.shape), args.contrastive.coef
-        for experience in experiences:
-            labels = experience.labels if args.data.label_key else None
-            baselines, hit = self.store.lookup(prompt_keys(experience.prompts, labels))
-            if not hit.all() and args.contrastive.on_missing == "error":
-                first = experience.prompts[int((~hit).nonzero()[0][0])]
-                raise ValueError(self._missing_message(int((~hit).sum()), len(hit), first))
-            r = experience.rewards
-            baselines = torch.from_numpy(baselines).to(r.dtype)
-            hit_t = torch.from_numpy(hit)
-            value = torch.where(hit_t, contrastive_reward(r, baselines, shape, coef).to(r.dtype), r)
-            baseline = torch.where(hit_t, baseline_statistic(baselines, shape), torch.zeros_like(r))
-            experience.info[INFO_BASELINE] = baseline
-            experience.info[INFO_RAW] = r.clone()
-            experience.info[INFO_VALUE] = value
-            experience.info[INFO_BEAT] = ((r > baseline) & hit_t).to(r.dtype)
-            experience.info[INFO_HIT] = hit_t.to(r.dtype)
-            experience.rewards = value
+        prompts = [p for e in experiences for p in e.prompts]
+        labels = [label for e in experiences for label in e.labels] if args.data.label_key else None
+        baselines, hit = self.store.lookup(prompt_keys(prompts, labels))
+        if not hit.all() and args.contrastive.on_missing == "error":
+            first = prompts[int((~hit).nonzero()[0][0])]
+            raise ValueError(self._missing_message(int((~hit).sum()), len(hit), first, "rollouts of this PPO batch"))
+
+        r = torch.cat([e.rewards for e in experiences])
+        baselines, hit = torch.from_numpy(baselines).to(r.dtype), torch.from_numpy(hit)
+        value = torch.where(hit, contrastive_reward(r, baselines, shape, coef).to(r.dtype), r)
+        baseline = torch.where(hit, baseline_statistic(baselines, shape), torch.zeros_like(r))
+        metrics = {
+            INFO_BASELINE: baseline,
+            INFO_RAW: r,
+            INFO_VALUE: value,
+            INFO_BEAT: ((r > baseline) & hit).to(r.dtype),
+            INFO_HIT: hit.to(r.dtype),
+        }
+        sizes = [len(e.rewards) for e in experiences]
+        split = {key: tensor.split(sizes) for key, tensor in metrics.items()}
+        for i, experience in enumerate(experiences):
+            for key, chunks in split.items():
+                experience.info[key] = chunks[i].clone()
+            experience.rewards = experience.info[INFO_VALUE].clone()

@@ -60,7 +60,7 @@ def record_dtype(k: int) -> np.dtype:
 
 
 def _checksums(records: np.ndarray) -> np.ndarray:
-    words = records.view(np.uint64).reshape(len(records), -1)[:, :-1]
+    words = records.view(np.uint64).reshape(len(records), records.dtype.itemsize // 8)[:, :-1]  # also for 0 records
     mixed = (words * _MIX[: words.shape[1]]).sum(axis=1, dtype=np.uint64)
     return mixed ^ (mixed >> np.uint64(29))
 
@@ -169,17 +169,18 @@ class BaselineStore:
         path = Path(path)
         header = read_header(path)
         records = _read_records(path, int(header["k"]), repair=False)
-        if not np.isfinite(records["rewards"]).all():
+        keys = np.ascontiguousarray(records["key"])
+        order = np.argsort(keys)
+        keys, rewards = keys[order], records["rewards"][order]
+        if not np.isfinite(rewards).all():
             bad = int(np.flatnonzero(~np.isfinite(records["rewards"]).all(axis=1))[0])
             raise StoreError(
                 f"The baseline store {path} holds NaN or infinite rewards (first at record {bad}). The reward model "
                 f"or reward function returned them during the stage. Fix the reward source, delete {path} and rerun."
             )
-        order = np.argsort(records["key"], kind="stable")
-        records = records[order]
-        if len(records) > 1 and (records["key"][1:] == records["key"][:-1]).any():
+        if len(keys) > 1 and (keys[1:] == keys[:-1]).any():
             raise StoreError(f"The baseline store {path} holds a prompt key twice; it was not written by this plugin's stage. Delete it and rerun.")
-        return cls(str(path), header, records["key"], records["rewards"], records["mean"], records["std"])
+        return cls(str(path), header, keys, rewards, records["mean"][order], records["std"][order])
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(baselines, hit) for uint64 `keys`: baselines (n, k) is a copy, with zero rows where hit is False."""

@@ -194,7 +194,7 @@ def test_info_holds_length_b_metrics_for_logging(tmp_path, baselines):
 def test_a_prompt_missing_from_the_store(tmp_path, baselines):
     args = make_args(tmp_path, "gae", 4, ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path)])
     write_store(tmp_path, args, PROMPTS[:-1], baselines[:-1])
-    with pytest.raises(ValueError, match=r"(?s)4 of 4 prompts have no baselines.*question 4.*--contrastive.on_missing raw"):
+    with pytest.raises(ValueError, match=r"(?s)4 of 20 rollouts of this PPO batch have no baselines.*question 4.*--contrastive.on_missing raw"):
         run_maker(patched_module(), args, make_experiences(4, micro_batch=4))
 
     args.contrastive.on_missing = "raw"
@@ -211,7 +211,7 @@ def test_nan_rewards_are_refused_not_swallowed(tmp_path, baselines):
     write_store(tmp_path, args, PROMPTS, baselines)
     experiences = make_experiences(1)
     experiences[1].rewards[0] = math.nan
-    with pytest.raises(ValueError, match="1 of 2 rewards are NaN or infinite"):
+    with pytest.raises(ValueError, match="1 of 5 rewards are NaN or infinite"):
         run_maker(patched_module(), args, experiences)
 
 
