@@ -45,7 +45,19 @@ def _sample(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"patch": _patch, "sample": _sample}
+def _inspect(argv: list[str]) -> int:
+    from openrlhf_contrastive import report
+
+    return report.main(argv)
+
+
+def _demo(argv: list[str]) -> int:
+    from openrlhf_contrastive import demo
+
+    return demo.main(argv)
+
+
+COMMANDS = {"patch": _patch, "sample": _sample, "inspect": _inspect, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "usage: openrlhf-contrastive {" + ",".join(COMMANDS) + "} ...\n"
             "  patch    add the --reward_fn extension point to the installed openrlhf (--check, --revert)\n"
-            "  sample   the offline stage: k baseline rewards per prompt into --contrastive.baseline_path",
+            "  sample   the offline stage: k baseline rewards per prompt into --contrastive.baseline_path\n"
+            "  inspect  summarise a baseline store (prompts, k, provenance, baselines, coverage) and write a PNG\n"
+            "  demo     the CPU end-to-end demo: baselines on vLLM, fresh rollouts, r and r - b, a report",
             file=sys.stderr,
         )
         return 0 if argv and argv[0] in ("-h", "--help") else 2

