@@ -21,6 +21,7 @@ engines and reward group, before the first PPO step.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import logging
 import sys
@@ -189,26 +190,36 @@ def run_stage(args, backend, prompts, labels, log=print) -> dict:
     already = sum(1 for key in keys if key in writer.done)
     generations0, tokens0 = backend.num_generations, backend.num_tokens
 
+    def process(idx, experiences):
+        # 4. score them with the training reward
+        backend.score(experiences)
+        # 5. length penalties, as RemoteExperienceMaker.compute_advantages_and_returns applies them
+        for e in experiences:
+            e.rewards = e.rewards.to(torch.promote_types(e.rewards.dtype, torch.float32))
+        apply_length_penalties(experiences, args)
+        rewards = torch.cat([e.rewards.flatten() for e in experiences]).double().numpy().reshape(len(idx), k)
+        # 6. write (keys already stored are skipped by the writer)
+        before = len(writer.done)
+        writer.append([keys[i] for i in idx], [texts[i] for i in idx], rewards)
+        bar.update(len(writer.done) - before)
+        elapsed = max(bar.format_dict["elapsed"], 1e-9)
+        bar.set_postfix(tokens_per_s=f"{(backend.num_tokens - tokens0) / elapsed:.0f}")
+
     bar = tqdm(total=len(keys) - already, unit="prompt", desc="baselines", dynamic_ncols=True)
     try:
-        for chunk_index, idx in todo:
-            # 3. sample k responses per prompt from the initial policy
-            experiences = backend.sample(
-                [uniq_prompts[i] for i in idx], [uniq_labels[i] for i in idx], [keys[i] for i in idx], k, chunk_index
-            )
-            # 4. score them with the training reward
-            backend.score(experiences)
-            # 5. length penalties, as RemoteExperienceMaker.compute_advantages_and_returns applies them
-            for e in experiences:
-                e.rewards = e.rewards.to(torch.promote_types(e.rewards.dtype, torch.float32))
-            apply_length_penalties(experiences, args)
-            rewards = torch.cat([e.rewards.flatten() for e in experiences]).double().numpy().reshape(len(idx), k)
-            # 6. write (keys already stored are skipped by the writer)
-            before = len(writer.done)
-            writer.append([keys[i] for i in idx], [texts[i] for i in idx], rewards)
-            bar.update(len(writer.done) - before)
-            elapsed = max(bar.format_dict["elapsed"], 1e-9)
-            bar.set_postfix(tokens_per_s=f"{(backend.num_tokens - tokens0) / elapsed:.0f}")
+        with backend.awake():
+            # 3. sample k responses per prompt from the initial policy; two chunks in flight keep the engines busy
+            in_flight = collections.deque()
+            for chunk_index, idx in todo:
+                in_flight.append((idx, backend.submit(
+                    [uniq_prompts[i] for i in idx], [uniq_labels[i] for i in idx], [keys[i] for i in idx], k, chunk_index
+                )))
+                if len(in_flight) == 2:
+                    idx, collect = in_flight.popleft()
+                    process(idx, collect())
+            while in_flight:
+                idx, collect = in_flight.popleft()
+                process(idx, collect())
     finally:
         bar.close()
         writer.close()

@@ -3,7 +3,10 @@
 Both give the stage the same two calls, on OpenRLHF `Experience` objects of one sample each:
 
     sample(prompts, labels, keys, k, chunk_index) -> list of len(prompts) * k Experiences, prompt-major
+    submit(prompts, labels, keys, k, chunk_index) -> a function returning what `sample` returns (the openrlhf
+                                                     backend dispatches at once, so chunks overlap)
     score(experiences)                             fills experience.rewards like training does
+    awake()                                        context manager around the whole stage (vLLM sleep mode)
 
 `openrlhf` (default where vLLM is installed): OpenRLHF's own vLLM rollout actors (`create_vllm_engines`) over
 Ray, seeded per request from the prompt key; rewards from the rollout actor (--reward.remote_url: HTTP server or

@@ -10,6 +10,7 @@ OpenRLHF's executor's own reward-function / HTTP calls on the decoded query.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import torch
 
@@ -53,6 +54,15 @@ class HFBackend:
         self.num_tokens = 0
 
     # -- sample k responses per prompt -----------------------------------------------------------------------
+
+    def submit(self, prompts, labels, keys, k: int, chunk_index: int):
+        """Generate now (one device, nothing to overlap); return a function that gives the Experiences."""
+        experiences = self.sample(prompts, labels, keys, k, chunk_index)
+        return lambda: experiences
+
+    @contextlib.contextmanager
+    def awake(self):
+        yield
 
     @torch.no_grad()
     def sample(self, prompts, labels, keys, k: int, chunk_index: int):

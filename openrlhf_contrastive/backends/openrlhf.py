@@ -11,6 +11,7 @@ does. In a training job the engines, reward group, tokenizer and samples generat
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 
@@ -109,38 +110,55 @@ class OpenRLHFBackend:
     # -- sample k responses per prompt -----------------------------------------------------------------------
 
     def sample(self, prompts, labels, keys, k: int, chunk_index: int):
+        """k responses per prompt as Experiences, prompt-major (`submit` and wait)."""
+        return self.submit(prompts, labels, keys, k, chunk_index)()
+
+    def submit(self, prompts, labels, keys, k: int, chunk_index: int):
+        """Dispatch the chunk's requests to the engines and return a function that waits for its Experiences.
+
+        The stage keeps two chunks in flight, so the engines never drain at a chunk boundary.
+        """
         import ray
         from vllm import SamplingParams
-
-        from openrlhf.trainer.ray.vllm_engine import batch_vllm_engine_call
 
         args = self.args
         temperature = args.contrastive.temperature if args.contrastive.temperature is not None else args.rollout.temperature
         max_len = args.data.max_len
-        if args.vllm.enable_sleep:
+        refs = []
+        for i, (prompt, label, key) in enumerate(zip(prompts, labels, keys)):
+            for j in range(k):
+                params = SamplingParams(  # as SamplesGenerator._dispatch_prompts_to_vllm, plus a per-request seed
+                    temperature=temperature, top_p=args.rollout.top_p, top_k=-1,
+                    max_tokens=args.rollout.max_new_tokens, min_tokens=1, skip_special_tokens=False,
+                    seed=stage_seed(args, key, j),
+                )
+                engine = self.engines[(i * k + j) % len(self.engines)]
+                refs.append(engine.generate_responses.remote(
+                    prompt=prompt, label=label, sampling_params=params, max_length=max_len,
+                    hf_tokenizer=self.tokenizer, num_samples=1,
+                ))
+
+        def collect():
+            responses = [out[0] for out in ray.get(refs)]
+            experiences = [self.generator._process_response_into_experience(r, max_len=max_len) for r in responses]
+            self.num_generations += len(experiences)
+            self.num_tokens += int(sum(e.response_length.sum() for e in experiences))
+            return experiences
+
+        return collect
+
+    @contextlib.contextmanager
+    def awake(self):
+        """With --vllm.enable_sleep (colocated), wake the engines for the whole stage and put them back to sleep."""
+        from openrlhf.trainer.ray.vllm_engine import batch_vllm_engine_call
+
+        if self.args.vllm.enable_sleep:
             batch_vllm_engine_call(self.engines, "wake_up")
         try:
-            refs = []
-            for i, (prompt, label, key) in enumerate(zip(prompts, labels, keys)):
-                for j in range(k):
-                    params = SamplingParams(  # as SamplesGenerator._dispatch_prompts_to_vllm, plus a per-request seed
-                        temperature=temperature, top_p=args.rollout.top_p, top_k=-1,
-                        max_tokens=args.rollout.max_new_tokens, min_tokens=1, skip_special_tokens=False,
-                        seed=stage_seed(args, key, j),
-                    )
-                    engine = self.engines[(i * k + j) % len(self.engines)]
-                    refs.append(engine.generate_responses.remote(
-                        prompt=prompt, label=label, sampling_params=params, max_length=max_len,
-                        hf_tokenizer=self.tokenizer, num_samples=1,
-                    ))
-            responses = [out[0] for out in ray.get(refs)]
+            yield
         finally:
-            if args.vllm.enable_sleep:
+            if self.args.vllm.enable_sleep:
                 batch_vllm_engine_call(self.engines, "sleep")
-        experiences = [self.generator._process_response_into_experience(r, max_len=max_len) for r in responses]
-        self.num_generations += len(experiences)
-        self.num_tokens += int(sum(e.response_length.sum() for e in experiences))
-        return experiences
 
     # -- score like training ---------------------------------------------------------------------------------
 
