@@ -9,14 +9,17 @@ group). On a CPU machine this module redirects those places, and nothing else:
 2. A ``TorchFunctionMode`` that rewrites a CUDA device argument (``"cuda"``, ``"cuda:N"``, an int, a cuda
    ``torch.device``) into ``"cpu"`` for every torch call (factories, ``Tensor.to``/``.cuda``). It is pushed on
    the main thread, where Ray runs the methods of OpenRLHF's synchronous training actors, and entered around
-   the vLLM worker's ``update_weight`` (async actor, other thread).
+   the vLLM worker's ``update_weight`` (it runs in vLLM's engine-core process).
 3. ``init_device_mesh("cuda", ...)`` builds a "cpu" mesh; ``stateless_init_process_group`` (vLLM's PyNccl
    communicator between DeepSpeed rank 0 and the vLLM workers) is a stateless gloo group with the same
-   ``broadcast(tensor, src, stream)`` call.
+   ``broadcast(tensor, src, stream)`` call (OpenRLHF uses it whenever it is off its CUDA-IPC path).
+4. torch's global RNG is seeded at import (for reproducible prompt order across runs; see _patch_torch).
 
 Tensors, models, losses, advantages and KL are computed by OpenRLHF's own code, unchanged, on the CPU.
-``install()`` runs in the launcher and, through Ray's ``worker_process_setup_hook``, in every Ray worker.
-openrlhf modules are patched when they are first imported (they are heavy; most Ray workers need few).
+``install()`` runs at the start of every Python process of the run (``sitecustomize.py`` next to this file,
+on the launcher's PYTHONPATH): the launcher, Ray's workers and the vLLM engine-core processes they spawn.
+Each patch is applied right after its module is first imported, so processes that never import torch
+(Ray's agents) pay nothing.
 """
 
 from __future__ import annotations
@@ -78,6 +81,17 @@ def stateless_gloo_group(master_address, master_port, rank, world_size, device=N
     )
 
 
+def _patch_torch(torch):
+    torch.cuda.current_device = lambda: 0
+    torch.cuda.set_device = lambda device: None
+    torch.cuda.synchronize = lambda device=None: None
+    torch.cuda.current_stream = lambda device=None: None
+    _mode_class()().__enter__()  # the importing thread (the main thread: Ray's actor-task thread); never exited
+    # Not a device matter, but needed to compare two runs: the PPOTrainer actor shuffles the prompts with torch's
+    # global RNG, which nothing seeds in that process (--train.seed only reaches the DeepSpeed actors and vLLM).
+    torch.manual_seed(0)
+
+
 def _patch_device_mesh(module):
     real = module.init_device_mesh
 
@@ -102,6 +116,7 @@ def _patch_worker_wrap(module):
 
 
 _AFTER_IMPORT = {
+    "torch": _patch_torch,
     "torch.distributed.device_mesh": _patch_device_mesh,
     "openrlhf.utils.distributed_util": _patch_distributed_util,
     "openrlhf.trainer.ray.vllm_worker_wrap": _patch_worker_wrap,
@@ -127,16 +142,8 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    import torch
-
-    if getattr(torch.cuda, "_cpu_device_choice", False):
+    if any(isinstance(finder, _PatchAfterImport) for finder in sys.meta_path):
         return
-    torch.cuda._cpu_device_choice = True
-    torch.cuda.current_device = lambda: 0
-    torch.cuda.set_device = lambda device: None
-    torch.cuda.synchronize = lambda device=None: None
-    torch.cuda.current_stream = lambda device=None: None
-    _mode_class()().__enter__()  # this thread (Ray's actor-task thread); never exited
     for name, patch in list(_AFTER_IMPORT.items()):
         if name in sys.modules:
             _AFTER_IMPORT.pop(name)

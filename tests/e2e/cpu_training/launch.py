@@ -1,8 +1,9 @@
 """TEST-ONLY launcher: `python launch.py <train_ppo_ray flags>` runs the real openrlhf.cli.train_ppo_ray on CPU.
 
 It declares logical GPUs to an in-process Ray (one per OpenRLHF GPU actor: vLLM engine, actor, ref, critic,
-reward model), installs the cuda -> cpu device choice of cpu_device.py here and in every Ray worker, and runs
-train_ppo_ray as __main__ (its own `ray.init` is skipped because Ray is already up).
+reward model), puts this folder on PYTHONPATH so that sitecustomize.py installs the cuda -> cpu device choice of
+cpu_device.py in every process of the run (Ray workers, vLLM engine cores), and runs train_ppo_ray as __main__
+(its own `ray.init` is skipped because Ray is already up).
 """
 
 import os
@@ -24,10 +25,7 @@ def main() -> None:
         num_cpus=int(os.environ.get("CPU_TRAINING_RAY_CPUS", "8")),
         num_gpus=int(os.environ.get("CPU_TRAINING_RAY_GPUS", "5")),
         include_dashboard=False,
-        runtime_env={
-            "worker_process_setup_hook": "cpu_device.install",
-            "env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
-        },
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
     )
     sys.argv = ["openrlhf.cli.train_ppo_ray", *sys.argv[1:]]
     try:
