@@ -3,7 +3,8 @@
 Generation goes through `RolloutRayActor.generate_responses` (OpenRLHF's `SingleTurnAgentExecutor`: the same
 tokenization, truncation and, with --reward.remote_url, the same reward-function / HTTP call as a rollout), one
 request per baseline sample with `SamplingParams(seed=stage_seed(key, j))`, so a prompt's k responses do not
-depend on batching or on which engine serves it. Responses become `Experience`s through
+depend on batching or on which engine serves it (on GPU engines; vLLM's CPU backend cannot seed reliably, see
+`OpenRLHFBackend.__init__`). Responses become `Experience`s through
 `SamplesGenerator._process_response_into_experience`; without a remote reward, the reward-model group's
 `forward` scores them through `RayActorGroup.async_run_method_batch`, as `RemoteExperienceMaker.make_experience`
 does. In a training job the engines, reward group, tokenizer and samples generator are the trainer's own.
@@ -33,6 +34,18 @@ class StageStrategy:
         return True
 
 
+def engines_run_on_cpu(engines) -> bool:
+    """Whether OpenRLHF's rollout actors run vLLM's CPU platform (asked inside the actors themselves)."""
+    import ray
+
+    def platform_is_cpu(_actor):
+        from vllm.platforms import current_platform
+
+        return current_platform.is_cpu()
+
+    return any(ray.get([engine.__ray_call__.remote(platform_is_cpu) for engine in engines]))
+
+
 class OpenRLHFBackend:
     def __init__(self, args, vllm_engines, tokenizer, reward_model_group=None, samples_generator=None, owned=()):
         from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
@@ -51,6 +64,14 @@ class OpenRLHFBackend:
         self.owned = list(owned)  # Ray actors this backend started (standalone), killed by close()
         self.num_generations = 0
         self.num_tokens = 0
+        self.seeded = not engines_run_on_cpu(vllm_engines)
+        if not self.seeded:
+            logger.warning(
+                "The vLLM engines run on the CPU backend, whose seeded requests crash when a prompt's prefill is "
+                "split across scheduler steps (vLLM 0.29 rewinds the request's generator, which CPU generators do "
+                "not support). Baseline requests go unseeded there: every baseline is valid, but a resumed stage "
+                "samples the unfinished prompts afresh instead of reproducing them. GPU engines are seeded."
+            )
 
     @classmethod
     def from_trainer(cls, trainer) -> "OpenRLHFBackend":
@@ -130,7 +151,7 @@ class OpenRLHFBackend:
                 params = SamplingParams(  # as SamplesGenerator._dispatch_prompts_to_vllm, plus a per-request seed
                     temperature=temperature, top_p=args.rollout.top_p, top_k=-1,
                     max_tokens=args.rollout.max_new_tokens, min_tokens=1, skip_special_tokens=False,
-                    seed=stage_seed(args, key, j),
+                    seed=stage_seed(args, key, j) if self.seeded else None,
                 )
                 engine = self.engines[(i * k + j) % len(self.engines)]
                 refs.append(engine.generate_responses.remote(

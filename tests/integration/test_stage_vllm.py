@@ -94,12 +94,15 @@ def test_stage_writes_store_and_rerun_generates_nothing(cluster, tmp_path):
     rerun = run_stage(args, backend_for(cluster, args), prompts, labels)
     assert rerun["generations"] == 0 and rerun["already_stored"] == 20
 
-    # Seeds come from the prompt key: other chunking (other batches, other order) gives the same baselines.
+    # Other chunking (other batches, other order) covers the same keys. On GPU engines the per-request seeds
+    # also make the rewards identical (test_stage_gpu.py); vLLM CPU engines are not seeded (see the backend).
     other = stage_args(tmp_path, cluster.policy, cluster.reward_file, args.data.prompt_dataset, tmp_path / "s2")
     other.contrastive.chunk_size = 3
-    run_stage(other, backend_for(cluster, other), prompts[::-1], labels[::-1])
+    backend = backend_for(cluster, other)
+    assert not backend.seeded
+    run_stage(other, backend, prompts[::-1], labels[::-1])
     again = BaselineStore.load(tmp_path / "s2")
-    assert (again.keys == store.keys).all() and (again.rewards == store.rewards).all()
+    assert (again.keys == store.keys).all()
 
 
 def test_length_penalties_applied_as_openrlhf_does(cluster, tmp_path):
