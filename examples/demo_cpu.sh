@@ -8,13 +8,13 @@ set -x
 openrlhf-contrastive demo \
    --out contrastive-demo \
    --k 4 \
-   --rollouts 2 \
-   --max-new-tokens 48 \
+   --rollouts 1 \
+   --max-new-tokens 32 \
    --temperature 0.7
 
 # The knobs:
 #   --k 4               baseline samples per prompt (as --contrastive.k)
-#   --rollouts 2        fresh rollouts per prompt, scored with r and with r - b
+#   --rollouts 1        fresh rollouts per prompt, scored with r and with r - b
 #   --tiny              skip SmolLM2 and use a tiny random model (faster, meaningless text)
 #   --max-prompts 16    a quicker run on the first 16 prompts
 # Then: openrlhf-contrastive inspect contrastive-demo/baselines --rollouts contrastive-demo/rollouts.jsonl

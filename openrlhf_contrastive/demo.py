@@ -28,6 +28,9 @@ from pathlib import Path
 
 PROMPTS = Path(__file__).parent / "data" / "demo_prompts.jsonl"
 REWARD_FILE = Path(__file__).parent / "demo_reward.py"
+# Prompts sent to the engine at once. vLLM CPU 0.29 crashes ("CPU Generator does not use offset") when the prefill
+# of seeded requests is split over steps (more prompt tokens at once than max_num_batched_tokens): stay well below.
+CHUNK_PROMPTS = 8
 
 
 def default_cache() -> Path:
@@ -43,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="contrastive-demo", help="output directory (store, rollouts, report.png)")
     parser.add_argument("--cache", default=None, help="model cache (default: ~/.cache/openrlhf-contrastive)")
     parser.add_argument("--k", type=int, default=4, help="baseline samples per prompt (--contrastive.k)")
-    parser.add_argument("--rollouts", type=int, default=2, help="fresh rollouts per prompt scored with r and r - b")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens per response")
+    parser.add_argument("--rollouts", type=int, default=1, help="fresh rollouts per prompt scored with r and r - b")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per response")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of baselines and rollouts")
     parser.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts of the embedded set")
     parser.add_argument("--tiny", action="store_true", help="skip SmolLM2 and use the tiny random model (fast, meaningless text)")
@@ -65,10 +68,11 @@ def stage_flags(policy: Path, store: Path, opts) -> list[str]:
         "--rollout.max_new_tokens", str(opts.max_new_tokens),
         "--rollout.temperature", str(opts.temperature),
         "--contrastive.k", str(opts.k),
-        "--contrastive.chunk_size", "16",
+        "--contrastive.chunk_size", str(CHUNK_PROMPTS),
         "--contrastive.baseline_path", str(store),
         "--vllm.num_engines", "1",
         "--vllm.enforce_eager",
+        "--vllm.enable_prefix_caching",  # the k samples of a prompt (and all prompts) share the chat-template prefix
     ]
     if opts.max_prompts:
         flags += ["--data.max_samples", str(opts.max_prompts)]
@@ -125,7 +129,7 @@ def run(opts) -> dict:
     from openrlhf_contrastive.demo_model import demo_policy
     from openrlhf_contrastive.plugin import INFO_BASELINE, INFO_BEAT, INFO_HIT, INFO_RAW, INFO_VALUE, ContrastiveReward
     from openrlhf_contrastive.stage import build_prompts, dated_chat_template, dated_prompt_message, parse_args, run_stage
-    from openrlhf_contrastive.store import BaselineStore, prompt_keys
+    from openrlhf_contrastive.store import BaselineStore, StoreError, prompt_keys
 
     start = time.time()
     out = Path(opts.out)
@@ -153,8 +157,15 @@ def run(opts) -> dict:
     start_ray(opts.cpus)
     backend = OpenRLHFBackend.from_args(args)
     try:
-        # 3. offline baselines
-        stage = run_stage(args, backend, prompts, labels)
+        # 3. offline baselines (a rerun with the same settings finds them all stored and samples nothing)
+        try:
+            stage = run_stage(args, backend, prompts, labels)
+        except StoreError as e:
+            raise SystemExit(
+                f"{e}\n\nopenrlhf-contrastive demo: {store_path} holds baselines of an earlier demo run with other "
+                f"settings (another policy, --k, --max-new-tokens or --temperature). Delete {store_path} or pass "
+                "another --out."
+            ) from None
         store = BaselineStore.load(store_path)
 
         # 4. fresh rollouts from the same engine: other seeds than the baselines', same sampling settings
@@ -163,7 +174,10 @@ def run(opts) -> dict:
         sampler = OpenRLHFBackend(rollout_args, backend.engines, backend.tokenizer, samples_generator=backend.generator)
         keys = prompt_keys(prompts, labels)
         t0 = time.time()
-        experiences = sampler.sample(prompts, labels, keys.tolist(), opts.rollouts, chunk_index=0)
+        experiences = []
+        for first in range(0, len(prompts), CHUNK_PROMPTS):
+            chunk = slice(first, first + CHUNK_PROMPTS)
+            experiences += sampler.sample(prompts[chunk], labels[chunk], keys[chunk].tolist(), opts.rollouts, first)
         rollout_seconds = time.time() - t0
     finally:
         backend.close()
@@ -208,7 +222,7 @@ def run(opts) -> dict:
     print()
     print(summarise(store, baseline, raw, value, beat, hit, rollout_keys))
     print()
-    questions = dict(zip(prompts, (json.loads(line)["input"] for line in PROMPTS.read_text().splitlines())))
+    questions = dict(zip(prompts, (json.loads(line)["input"][-1]["content"] for line in PROMPTS.read_text().splitlines())))
     print("examples, from the lowest to the highest r - b:")
     for row in sorted(rows, key=lambda r: r["contrastive"])[:: max(1, len(rows) // 5)][:6]:
         print(f"  r {row['reward']:+.2f}  b {row['baseline']:+.2f}  r-b {row['contrastive']:+.2f}  "

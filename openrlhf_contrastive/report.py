@@ -103,8 +103,9 @@ def describe(store: BaselineStore, rollouts: ScoredRollouts | None = None, cover
         for title, idx in (("hardest (lowest baseline)", order[:examples]), ("easiest (highest baseline)", order[::-1][:examples])):
             lines.append(f"  {title}:")
             for i in idx:
-                text = texts.get(int(store.keys[i]), "?").replace("\n", "\\n")
-                lines.append(f"    mean {store.mean[i]:+.3f}  std {store.std[i]:.3f}  {text[-90:]!r}")
+                prompt, _, label = texts.get(int(store.keys[i]), "?").partition("\x00")  # label keyed: prompt NUL label
+                shown = f"...{prompt[-80:]!r}" + (f"  label {label!r}" if label else "")
+                lines.append(f"    mean {store.mean[i]:+.3f}  std {store.std[i]:.3f}  {shown}")
     if coverage is not None:
         lines.append(f"  coverage of the given prompts: {coverage:.1%}")
     if rollouts is not None:
@@ -159,7 +160,7 @@ def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None 
         ax.axvline(0, color="black", lw=0.8)
         ax.set(xlabel="per-prompt mean of the rollouts' reward", ylabel="prompts",
                title=f"3. Spread across {len(uniq)} prompts: r vs r - b")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="best")
 
         # 4. every rollout: r against its prompt's baseline
         ax = axes[1, 1]

@@ -16,7 +16,8 @@ ROOT = Path(__file__).parents[2]
 def test_prompt_set_is_ours_large_enough_and_shipped_as_package_data():
     rows = [json.loads(line) for line in PROMPTS.read_text().splitlines()]
     assert len(rows) >= 50
-    assert len({r["input"] for r in rows}) == len(rows)
+    assert all([m["role"] for m in r["input"]] == ["system", "user"] for r in rows)  # chat messages
+    assert len({r["input"][-1]["content"] for r in rows}) == len(rows)
     assert all(r["keywords"].strip() for r in rows)
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "data/*.jsonl" in package_data["openrlhf_contrastive"]
