@@ -75,11 +75,13 @@ def bench_vllm(tmp, policy, opts):
             return [r for out in ray.get(refs) for r in out]
 
         bare()  # warm-up (first requests compile and allocate)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         outputs = bare()
-        bare_s = time.perf_counter() - start
+        bare_s, bare_cpu = time.perf_counter() - start, time.process_time() - cpu
         assert all(r["reward"] is not None for r in outputs)
+        cpu = time.process_time()
         summary = run_stage(args, OpenRLHFBackend(args, engines, tokenizer), prompts, labels)
+        summary["driver_cpu_s"], summary["bare_driver_cpu_s"] = time.process_time() - cpu, bare_cpu
         rerun = run_stage(args, OpenRLHFBackend(args, engines, tokenizer), prompts, labels)
 
         from openrlhf.datasets.prompts_dataset import PromptDataset
@@ -167,6 +169,8 @@ def main():
             "stage_vllm_prompts_per_s": round(stage["prompts_per_s"], 2),
             "stage_vllm_bare_prompts_per_s": round(n / bare_s, 2),
             "stage_vllm_tokens_per_s": round(stage["tokens_per_s"]),
+            "stage_vllm_driver_cpu_s": round(stage["driver_cpu_s"], 2),
+            "stage_vllm_bare_driver_cpu_s": round(stage["bare_driver_cpu_s"], 2),
             "stage_hf_prompts_per_s": round(hstage["prompts_per_s"], 2),
             "stage_hf_bare_prompts_per_s": round(hn / hbare_s, 2),
             "rerun_generations": rerun["generations"], "rerun_s": round(rerun["seconds"], 2),

@@ -145,22 +145,25 @@ class OpenRLHFBackend:
         args = self.args
         temperature = args.contrastive.temperature if args.contrastive.temperature is not None else args.rollout.temperature
         max_len = args.data.max_len
+        # Seeded engines: one request per sample, each with its own seed. Unseeded (vLLM CPU): one request of k
+        # samples per prompt, as SamplesGenerator sends rollouts (the prompt is prefilled once).
+        per_request = 1 if self.seeded else k
         refs = []
-        for i, (prompt, label, key) in enumerate(zip(prompts, labels, keys)):
-            for j in range(k):
+        for prompt, label, key in zip(prompts, labels, keys):
+            for j in range(0, k, per_request):
                 params = SamplingParams(  # as SamplesGenerator._dispatch_prompts_to_vllm, plus a per-request seed
                     temperature=temperature, top_p=args.rollout.top_p, top_k=-1,
                     max_tokens=args.rollout.max_new_tokens, min_tokens=1, skip_special_tokens=False,
                     seed=stage_seed(args, key, j) if self.seeded else None,
                 )
-                engine = self.engines[(i * k + j) % len(self.engines)]
+                engine = self.engines[len(refs) % len(self.engines)]
                 refs.append(engine.generate_responses.remote(
                     prompt=prompt, label=label, sampling_params=params, max_length=max_len,
-                    hf_tokenizer=self.tokenizer, num_samples=1,
+                    hf_tokenizer=self.tokenizer, num_samples=per_request,
                 ))
 
         def collect():
-            responses = [out[0] for out in ray.get(refs)]
+            responses = [response for out in ray.get(refs) for response in out]
             experiences = [self.generator._process_response_into_experience(r, max_len=max_len) for r in responses]
             self.num_generations += len(experiences)
             self.num_tokens += int(sum(e.response_length.sum() for e in experiences))
