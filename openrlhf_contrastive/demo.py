@@ -28,8 +28,8 @@ from pathlib import Path
 
 PROMPTS = Path(__file__).parent / "data" / "demo_prompts.jsonl"
 REWARD_FILE = Path(__file__).parent / "demo_reward.py"
-# Prompts sent to the engine at once. vLLM CPU 0.29 crashes ("CPU Generator does not use offset") when the prefill
-# of seeded requests is split over steps (more prompt tokens at once than max_num_batched_tokens): stay well below.
+# Prompts per chunk of the stage and of the rollouts: the progress bar moves every few seconds, and the requests in
+# flight (the stage keeps two chunks of 8 x k) stay few enough for one CPU engine's batch.
 CHUNK_PROMPTS = 8
 
 
@@ -168,10 +168,12 @@ def run(opts) -> dict:
             ) from None
         store = BaselineStore.load(store_path)
 
-        # 4. fresh rollouts from the same engine: other seeds than the baselines', same sampling settings
+        # 4. fresh rollouts from the same engine, same sampling settings (other seeds than the baselines' where the
+        #    backend seeds requests, i.e. on GPU engines; unseeded on vLLM CPU)
         rollout_args = copy.deepcopy(args)
         rollout_args.train.seed = args.train.seed + 1
-        sampler = OpenRLHFBackend(rollout_args, backend.engines, backend.tokenizer, samples_generator=backend.generator)
+        sampler = copy.copy(backend)  # the same engines, tokenizer and samples generator
+        sampler.args = rollout_args
         keys = prompt_keys(prompts, labels)
         t0 = time.time()
         experiences = []
