@@ -211,7 +211,8 @@ class ContrastiveReward:
             first = prompts[int((~hit).nonzero()[0][0])]
             raise ValueError(self._missing_message(int((~hit).sum()), len(hit), first, "rollouts of this PPO batch"))
 
-        r = torch.cat([e.rewards for e in experiences])
+        # Rewards are (B,), or (B, 1) when an HTTP reward server answers with lists: shape back at the end.
+        r = torch.cat([e.rewards.reshape(-1) for e in experiences])
         baselines, hit = torch.from_numpy(baselines).to(r.dtype), torch.from_numpy(hit)
         value = torch.where(hit, contrastive_reward(r, baselines, shape, coef).to(r.dtype), r)
         baseline = torch.where(hit, baseline_statistic(baselines, shape), torch.zeros_like(r))
@@ -222,9 +223,9 @@ class ContrastiveReward:
             INFO_BEAT: ((r > baseline) & hit).to(r.dtype),
             INFO_HIT: hit.to(r.dtype),
         }
-        sizes = [len(e.rewards) for e in experiences]
+        sizes = [e.rewards.numel() for e in experiences]
         split = {key: tensor.split(sizes) for key, tensor in metrics.items()}
         for i, experience in enumerate(experiences):
             for key, chunks in split.items():
                 experience.info[key] = chunks[i].clone()
-            experience.rewards = experience.info[INFO_VALUE].clone()
+            experience.rewards = experience.info[INFO_VALUE].reshape(experience.rewards.shape).clone()

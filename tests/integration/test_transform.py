@@ -223,3 +223,17 @@ def test_a_store_made_under_other_settings_is_refused_at_parse_time(tmp_path, ba
         parse_train_args(flags + ["--rollout.temperature", "0.5"])
     accepted = parse_train_args(flags + ["--rollout.temperature", "0.5", "--contrastive.accept_fingerprint_mismatch"])
     assert accepted.contrastive.accept_fingerprint_mismatch
+
+
+def test_rewards_of_shape_b_by_1_from_an_http_reward_server(tmp_path, baselines):
+    """OpenRLHF wraps an HTTP server's list reward as torch.tensor([[x]]): rewards (B, 1) work as (B,) do."""
+    args = make_args(tmp_path, "gae", 4, ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path)])
+    write_store(tmp_path, args, PROMPTS, baselines)
+    flat = run_maker(patched_module(), args, make_experiences(4))
+    column = make_experiences(4)
+    for e in column:
+        e.rewards = e.rewards[:, None]
+    got = run_maker(patched_module(), args, column)
+    for name in ("advantages", "returns"):
+        torch.testing.assert_close(cat(got, name), cat(flat, name))
+    assert all(e.info["contrastive/reward"].shape == (len(e.prompts),) for e in got)
