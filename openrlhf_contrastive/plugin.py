@@ -128,14 +128,9 @@ class ContrastiveReward:
                 raise SystemExit(str(e)) from None
 
     def fingerprint(self, args) -> dict:
-        from openrlhf_contrastive.fingerprint import training_fingerprint
+        from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 
-        return training_fingerprint(args, args.contrastive.k, self.temperature(args))
-
-    @staticmethod
-    def temperature(args) -> float:
-        t = args.contrastive.temperature
-        return args.rollout.temperature if t is None else t
+        return training_fingerprint(args, args.contrastive.k, baseline_temperature(args))
 
     # -- start of training ----------------------------------------------------------------------------------
 

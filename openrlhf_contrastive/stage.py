@@ -163,12 +163,12 @@ def run_stage(args, backend, prompts, labels, log=print) -> dict:
 
     from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
 
-    from openrlhf_contrastive.fingerprint import training_fingerprint
+    from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
     from openrlhf_contrastive.store import BaselineStore, StoreWriter, prompt_key
 
     start = time.time()
     k = args.contrastive.k
-    temperature = args.rollout.temperature if args.contrastive.temperature is None else args.contrastive.temperature
+    temperature = baseline_temperature(args)
     label_keyed = bool(args.data.label_key)
 
     # 1. prompts: drop duplicate keys, keep the first occurrence (order of the dataset)

@@ -15,6 +15,7 @@ import contextlib
 import torch
 
 from openrlhf_contrastive.backends import remote_reward_urls
+from openrlhf_contrastive.fingerprint import baseline_temperature
 
 
 class HFBackend:
@@ -81,7 +82,7 @@ class HFBackend:
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids], device=self.device)
         attention_mask = (torch.arange(width, device=self.device)[None, :] >= torch.tensor(
             [width - len(ids) for ids in prompt_ids], device=self.device)[:, None]).long()
-        temperature = args.contrastive.temperature if args.contrastive.temperature is not None else args.rollout.temperature
+        temperature = baseline_temperature(args)
         sampling = dict(do_sample=True, temperature=temperature, top_p=args.rollout.top_p) if temperature > 0 else dict(do_sample=False)
         torch.manual_seed(int(args.train.seed) + chunk_index)  # TRY NOT TO MODIFY: seeding makes resume exact
         out = self.policy.generate(

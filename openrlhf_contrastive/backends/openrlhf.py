@@ -17,6 +17,7 @@ import itertools
 import logging
 
 from openrlhf_contrastive.backends import remote_reward_urls, stage_seed
+from openrlhf_contrastive.fingerprint import baseline_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class OpenRLHFBackend:
         from vllm import SamplingParams
 
         args = self.args
-        temperature = args.contrastive.temperature if args.contrastive.temperature is not None else args.rollout.temperature
+        temperature = baseline_temperature(args)
         max_len = args.data.max_len
         # Seeded engines: one request per sample, each with its own seed. Unseeded (vLLM CPU): one request of k
         # samples per prompt, as SamplesGenerator sends rollouts (the prompt is prefilled once).
