@@ -137,34 +137,34 @@ class ContrastiveReward:
     def setup(self, trainer) -> None:
         """Before the first PPO step: run the offline stage on the trainer's own engines when the store misses
         prompts of the training set (none: zero generations), then load and validate it and report its coverage."""
+        from openrlhf_contrastive.store import prompt_keys
+
+        args = trainer.args
         dataset = getattr(getattr(trainer, "prompts_dataloader", None), "dataset", None)
-        if dataset is not None and self._stage_needed(trainer.args, dataset):
-            from openrlhf_contrastive.stage import run_in_job
-
-            run_in_job(trainer)
-            self.store = None
-        self.load(trainer.args)
+        keys = None
         if dataset is not None:
-            from openrlhf_contrastive.store import prompt_keys
+            keys = prompt_keys(dataset.prompts, dataset.labels if args.data.label_key else None)
+            if self._stage_needed(args, keys):
+                from openrlhf_contrastive.stage import run_in_job
 
-            labels = dataset.labels if trainer.args.data.label_key else None
-            _, hit = self.store.lookup(prompt_keys(dataset.prompts, labels))
+                run_in_job(trainer)
+                self.store = None
+        self.load(args)
+        if keys is not None:
+            _, hit = self.store.lookup(keys)
             missing = int((~hit).sum())
-            if missing and trainer.args.contrastive.on_missing == "error":
+            if missing and args.contrastive.on_missing == "error":
                 first = dataset.prompts[int((~hit).nonzero()[0][0])]
                 raise ValueError(self._missing_message(missing, len(hit), first))
             logger.info("contrastive: store %s covers %d of %d training prompts", self.store.path, len(hit) - missing, len(hit))
 
-    def _stage_needed(self, args, dataset) -> bool:
-        """No store yet, or a store with this run's fingerprint that lacks some of the training prompts (a store
-        made under other settings and accepted with --contrastive.accept_fingerprint_mismatch is never extended)."""
-        from openrlhf_contrastive.store import prompt_keys
-
+    def _stage_needed(self, args, keys) -> bool:
+        """No store yet, or a store with this run's fingerprint that lacks some of the training prompts' `keys` (a
+        store made under other settings and accepted with --contrastive.accept_fingerprint_mismatch is never extended)."""
         if not Path(args.contrastive.baseline_path, "header.json").exists():
             return True
         self.load(args)
-        labels = dataset.labels if args.data.label_key else None
-        _, hit = self.store.lookup(prompt_keys(dataset.prompts, labels))
+        _, hit = self.store.lookup(keys)
         return not hit.all() and not self.store.check_fingerprint(self.fingerprint(args), accept_mismatch=True)
 
     def load(self, args) -> None:
