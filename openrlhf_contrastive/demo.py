@@ -127,7 +127,8 @@ def run(opts) -> dict:
     from openrlhf_contrastive import report
     from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend, StageStrategy
     from openrlhf_contrastive.demo_model import demo_policy
-    from openrlhf_contrastive.plugin import INFO_BASELINE, INFO_BEAT, INFO_HIT, INFO_RAW, INFO_VALUE, ContrastiveReward
+    from openrlhf_contrastive.flags import METRIC_BASELINE, METRIC_BEAT_BASELINE, METRIC_HIT, METRIC_RAW_REWARD, METRIC_REWARD
+    from openrlhf_contrastive.plugin import ContrastiveReward
     from openrlhf_contrastive.stage import build_prompts, dated_chat_template, dated_prompt_message, parse_args, run_stage
     from openrlhf_contrastive.store import BaselineStore, StoreError, prompt_keys
 
@@ -190,7 +191,7 @@ def run(opts) -> dict:
         e.rewards = e.rewards.float().flatten()
     ContrastiveReward().transform(experiences, args)
     info = lambda name: np.array([float(e.info[name][0]) for e in experiences])
-    baseline, raw, value, beat, hit = (info(n) for n in (INFO_BASELINE, INFO_RAW, INFO_VALUE, INFO_BEAT, INFO_HIT))
+    baseline, raw, value, beat, hit = (info(n) for n in (METRIC_BASELINE, METRIC_RAW_REWARD, METRIC_REWARD, METRIC_BEAT_BASELINE, METRIC_HIT))
 
     # 6. report
     rows = []

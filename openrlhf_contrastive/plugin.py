@@ -17,60 +17,16 @@ import argparse
 import logging
 from pathlib import Path
 
+from openrlhf_contrastive.flags import (
+    METRIC_BASELINE,
+    METRIC_BEAT_BASELINE,
+    METRIC_HIT,
+    METRIC_RAW_REWARD,
+    METRIC_REWARD,
+    add_contrastive_args,
+)
+
 logger = logging.getLogger(__name__)
-
-ON_MISSING = ("error", "raw")
-
-# Keys written to experience.info; OpenRLHF logs each as train/<key> (wandb, tensorboard).
-INFO_BASELINE = "contrastive/baseline"
-INFO_RAW = "contrastive/raw_reward"
-INFO_VALUE = "contrastive/reward"
-INFO_BEAT = "contrastive/beat_baseline"
-INFO_HIT = "contrastive/hit"
-
-
-def add_contrastive_args(parser: argparse.ArgumentParser) -> None:
-    """Declare every --contrastive.* flag (used by train_ppo_ray and by `openrlhf-contrastive sample`)."""
-    group = parser.add_argument_group("contrastive rewards (openrlhf-contrastive)")
-    group.add_argument(
-        "--contrastive.baseline_path", type=str, default=None,
-        help="Directory of the baseline store (k baseline rewards per prompt). Written by the offline stage.",
-    )
-    group.add_argument(
-        "--contrastive.shape", type=str, default="mean",
-        help="How r is compared with the prompt's baseline rewards r_1..r_k: mean (the paper: r - mean), median, "
-        "quantile:Q, min, max, zscore ((r - mean) / std), sigmoid (mean of sigmoid(r - r_j)), winrate "
-        "(fraction of baselines beaten, centred).",
-    )
-    group.add_argument(
-        "--contrastive.coef", type=float, default=1.0,
-        help="lambda in r - lambda * g(baselines); 1 is the paper's contrastive reward, 0 the raw reward.",
-    )
-    group.add_argument(
-        "--contrastive.on_missing", type=str, default="error", choices=ON_MISSING,
-        help="A rollout whose prompt is not in the store: error (stop, naming the prompt) or raw (keep r, count "
-        "the miss in train/contrastive/hit).",
-    )
-    group.add_argument(
-        "--contrastive.k", type=int, default=4, help="Baseline responses sampled per prompt by the offline stage."
-    )
-    group.add_argument(
-        "--contrastive.temperature", type=float, default=None,
-        help="Sampling temperature of the baseline responses (default: --rollout.temperature).",
-    )
-    group.add_argument(
-        "--contrastive.chunk_size", type=int, default=64,
-        help="Offline stage: prompts sampled, scored and appended to the store together (the unit of resume).",
-    )
-    group.add_argument(
-        "--contrastive.allow_dated_prompts", action="store_true", default=False,
-        help="Offline stage: go on when the chat template writes today's date into the prompts (keys then change daily).",
-    )
-    group.add_argument(
-        "--contrastive.accept_fingerprint_mismatch", action="store_true", default=False,
-        help="Use a store whose provenance (policy, reward, prompt or sampling settings) differs from this run's.",
-    )
-
 
 class ContrastiveReward:
     """r -> r - coef * g(baseline rewards of the same prompt), inside OpenRLHF's PPO loop."""
@@ -212,15 +168,15 @@ class ContrastiveReward:
         value = torch.where(hit, contrastive_reward(r, baselines, shape, coef).to(r.dtype), r)
         baseline = torch.where(hit, baseline_statistic(baselines, shape), torch.zeros_like(r))
         metrics = {
-            INFO_BASELINE: baseline,
-            INFO_RAW: r,
-            INFO_VALUE: value,
-            INFO_BEAT: ((r > baseline) & hit).to(r.dtype),
-            INFO_HIT: hit.to(r.dtype),
+            METRIC_BASELINE: baseline,
+            METRIC_RAW_REWARD: r,
+            METRIC_REWARD: value,
+            METRIC_BEAT_BASELINE: ((r > baseline) & hit).to(r.dtype),
+            METRIC_HIT: hit.to(r.dtype),
         }
         sizes = [e.rewards.numel() for e in experiences]
         split = {key: tensor.split(sizes) for key, tensor in metrics.items()}
         for i, experience in enumerate(experiences):
             for key, chunks in split.items():
                 experience.info[key] = chunks[i].clone()
-            experience.rewards = experience.info[INFO_VALUE].reshape(experience.rewards.shape).clone()
+            experience.rewards = experience.info[METRIC_REWARD].reshape(experience.rewards.shape).clone()

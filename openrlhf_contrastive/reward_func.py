@@ -130,7 +130,7 @@ class ContrastiveRewardFunc:
         import numpy as np
         import torch
 
-        from openrlhf_contrastive.plugin import INFO_BASELINE, INFO_BEAT, INFO_HIT, INFO_RAW, INFO_VALUE
+        from openrlhf_contrastive.flags import METRIC_BASELINE, METRIC_BEAT_BASELINE, METRIC_HIT, METRIC_RAW_REWARD, METRIC_REWARD
         from openrlhf_contrastive.shapes import baseline_statistic, contrastive_reward
         from openrlhf_contrastive.store import prompt_keys
 
@@ -151,11 +151,11 @@ class ContrastiveRewardFunc:
         value = torch.where(hit_t, contrastive_reward(raw, b, self.shape, self.coef).float(), raw)
         baseline = torch.where(hit_t, baseline_statistic(b, self.shape), torch.zeros_like(raw))
         extra.update({
-            INFO_BASELINE: baseline,
-            INFO_RAW: raw,
-            INFO_VALUE: value,
-            INFO_BEAT: ((raw > baseline) & hit_t).float(),
-            INFO_HIT: hit_t.float(),
+            METRIC_BASELINE: baseline,
+            METRIC_RAW_REWARD: raw,
+            METRIC_REWARD: value,
+            METRIC_BEAT_BASELINE: ((raw > baseline) & hit_t).float(),
+            METRIC_HIT: hit_t.float(),
         })
         return {"rewards": value, "scores": scores, "extra_logs": extra}
 

@@ -9,10 +9,10 @@ flags are ignored) and reads top to bottom:
 
     1. prompts   OpenRLHF's blending_datasets + PromptDataset on the --data.* flags; duplicate keys dropped
     2. resume    the store (StoreWriter) says which prompts are done; fixed chunks with nothing missing are skipped
-    3. sample    backend.sample: k responses per prompt (seeded per prompt key, or per chunk for hf)
+    3. sample    backend.submit: k responses per prompt (seeded per prompt key, or per chunk for hf)
     4. score     backend.score: the reward training uses (reward model, reward group, remote URL, reward file)
     5. penalise  OpenRLHF's own apply_length_penalties on those Experiences (as compute_advantages_and_returns)
-    6. write     StoreWriter.append per chunk; tqdm shows prompts/s and tokens/s; a summary at the end
+    6. append    StoreWriter.append per chunk; tqdm shows prompts/s and tokens/s; `summarize` at the end
 
 In a training job `ContrastiveReward.setup` calls `run_in_job(trainer)`: the same stage on the trainer's own
 engines and reward group, before the first PPO step.
@@ -27,68 +27,18 @@ import logging
 import sys
 import time
 
+from openrlhf_contrastive.flags import BACKENDS, add_contrastive_args, add_train_ppo_ray_args
+
 logger = logging.getLogger(__name__)
 
-# The flags of train_ppo_ray that decide which prompts, policy, reward and sampling the baselines come from
-# (same names, types and defaults as openrlhf 0.11.2's train_ppo_ray).
-TRAIN_PPO_RAY_FLAGS = [
-    ("--actor.model_name_or_path", dict(type=str, default=None, help="HF model name or path")),
-    ("--reward.model_name_or_path", dict(type=str, default=None, help="HF model name or path")),
-    ("--reward.remote_url", dict(type=str, default=None, help="remote RM API (HTTP) or reward_func .py file")),
-    ("--reward.normalize_enable", dict(action="store_true", default=False, help="Enable Reward Normalization")),
-    ("--reward.overlong_buffer_len", dict(type=float, default=None, help="reward with optional overlong penalty")),
-    ("--reward.overlong_penalty_factor", dict(type=float, default=1, help="overlong penalty factor")),
-    ("--reward.stop_properly_penalty_coef", dict(type=float, default=None, help="Penalty for truncated samples")),
-    ("--reward.num_nodes", dict(type=int, default=1, help="number of nodes for reward model")),
-    ("--reward.num_gpus_per_node", dict(type=int, default=8, help="number of gpus per node for reward model")),
-    ("--reward.offload", dict(action="store_true", default=False, help="Offload reward model to CPU")),
-    ("--data.prompt_dataset", dict(type=str, default=None, help="HF dataset name or path")),
-    ("--data.prompt_probs", dict(type=str, default=None, help="sampling probs for datasets")),
-    ("--data.prompt_split", dict(type=str, default="train")),
-    ("--data.input_key", dict(type=str, default="input", help="JSON dataset key")),
-    ("--data.label_key", dict(type=str, default=None, help="JSON dataset key")),
-    ("--data.input_template", dict(type=str, default=None)),
-    ("--data.apply_chat_template", dict(action="store_true", default=False, help="Use HF tokenizer chat template")),
-    ("--data.max_samples", dict(type=int, default=int(1e8), help="Max number of samples")),
-    ("--data.max_len", dict(type=int, default=2048, help="Max total sequence length (prompt + response)")),
-    ("--data.disable_fast_tokenizer", dict(action="store_true", default=False)),
-    ("--data.image_key", dict(type=str, default="images", help="Dataset key for image paths/URLs")),
-    ("--rollout.max_new_tokens", dict(type=int, default=None, help="Max tokens to generate per sample")),
-    ("--rollout.temperature", dict(type=float, default=1.0)),
-    ("--rollout.top_p", dict(type=float, default=1.0)),
-    ("--vllm.num_engines", dict(type=int, default=None, help="number of vLLM Engines")),
-    ("--vllm.tensor_parallel_size", dict(type=int, default=1, help="tensor parallel size of vLLM Engine")),
-    ("--vllm.enable_prefix_caching", dict(action="store_true", default=False)),
-    ("--vllm.enforce_eager", dict(action="store_true", default=False, help="Disable CUDA graph in vLLM")),
-    ("--vllm.enable_sleep", dict(action="store_true", default=False, help="(in-job only) sleep vLLM between phases")),
-    ("--vllm.gpu_memory_utilization", dict(type=float, default=0.95, help="vLLM gpu_memory_utilization")),
-    ("--train.seed", dict(type=int, default=42)),
-    ("--train.full_determinism_enable", dict(action="store_true", default=False)),
-    ("--train.colocate_all", dict(action="store_true", default=False)),
-    ("--local_rank", dict(type=int, default=-1, help="local_rank for deepspeed")),
-    ("--ds.zero_stage", dict(type=int, default=2, help="DeepSpeed ZeRO stage")),
-    ("--ds.param_dtype", dict(type=str, default="bf16", choices=["bf16", "fp16"], help="Model data type")),
-    ("--ds.attn_implementation", dict(type=str, default="flash_attention_2", help="Attention implementation")),
-    ("--ds.experts_implementation", dict(type=str, default=None)),
-    ("--ds.load_in_4bit", dict(action="store_true", default=False)),
-    ("--ds.packing_samples", dict(action="store_true", default=False)),
-    ("--ds.value_head_prefix", dict(type=str, default="score")),
-    ("--use_ms", dict(action="store_true", default=False)),
-]
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from openrlhf_contrastive.backends import BACKENDS
-    from openrlhf_contrastive.plugin import add_contrastive_args
-
     parser = argparse.ArgumentParser(
         prog="openrlhf-contrastive sample",
         description="Offline stage of contrastive rewards: sample --contrastive.k baseline responses per prompt from "
         "the initial policy, score them with the training reward, write the store at --contrastive.baseline_path. "
         "Takes train_ppo_ray's flags; those that do not change the baselines are ignored.",
     )
-    for flag, spec in TRAIN_PPO_RAY_FLAGS:
-        parser.add_argument(flag, **spec)
+    add_train_ppo_ray_args(parser)
     add_contrastive_args(parser)
     parser.add_argument(
         "--contrastive.backend", type=str, default=None, choices=BACKENDS,
@@ -155,98 +105,125 @@ def dated_prompt_message(date: str) -> str:
     )
 
 
-def run_stage(args, backend, prompts, labels, log=print) -> dict:
-    """Sample, score, penalise and store the baselines of every prompt the store does not hold yet."""
-    import numpy as np
-    import torch
-    from tqdm import tqdm
+def unique_prompts(prompts, labels, label_keyed: bool):
+    """(keys, texts, prompts, labels) with one entry per store key, first occurrence first (dataset order).
 
-    from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
+    `texts` are what the store keeps for each key: the prompt, plus NUL and the label when labels are keyed.
+    """
+    from openrlhf_contrastive.store import prompt_key
 
-    from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
-    from openrlhf_contrastive.store import BaselineStore, StoreWriter, prompt_key
-
-    start = time.time()
-    k = args.contrastive.k
-    temperature = baseline_temperature(args)
-    label_keyed = bool(args.data.label_key)
-
-    # 1. prompts: drop duplicate keys, keep the first occurrence (order of the dataset)
-    seen, keys, texts, uniq_prompts, uniq_labels = set(), [], [], [], []
+    seen, out = set(), ([], [], [], [])
     for prompt, label in zip(prompts, labels):
         key = prompt_key(prompt, label if label_keyed else None)
         if key not in seen:
             seen.add(key)
-            keys.append(key)
-            texts.append(prompt + ("\x00" + str(label) if label_keyed else ""))
-            uniq_prompts.append(prompt)
-            uniq_labels.append(label)
+            for column, value in zip(out, (key, prompt + ("\x00" + str(label) if label_keyed else ""), prompt, label)):
+                column.append(value)
+    return out
 
-    # 2. resume: fixed chunks of the deduplicated list; a chunk with a missing key is redone whole (same seeds)
-    writer = StoreWriter(args.contrastive.baseline_path, k, training_fingerprint(args, k, temperature))
+
+def sampled_chunks(backend, todo, prompts, labels, keys, k: int):
+    """Yield (indices, Experiences) of each chunk in `todo`, keeping two chunks in flight (engines never drain)."""
+    in_flight = collections.deque()
+    for chunk_index, idx in todo:
+        collect = backend.submit([prompts[i] for i in idx], [labels[i] for i in idx], [keys[i] for i in idx], k, chunk_index)
+        in_flight.append((idx, collect))
+        if len(in_flight) == 2:
+            idx, collect = in_flight.popleft()
+            yield idx, collect()
+    while in_flight:
+        idx, collect = in_flight.popleft()
+        yield idx, collect()
+
+
+def penalised_rewards(experiences, args, k: int):
+    """The rewards of a chunk's Experiences after OpenRLHF's own length penalties, as (prompts, k) float64.
+
+    As RemoteExperienceMaker.compute_advantages_and_returns: rewards promoted to fp32, then apply_length_penalties.
+    """
+    import torch
+
+    from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
+
+    for e in experiences:
+        e.rewards = e.rewards.to(torch.promote_types(e.rewards.dtype, torch.float32))
+    apply_length_penalties(experiences, args)
+    return torch.cat([e.rewards.flatten() for e in experiences]).double().numpy().reshape(-1, k)
+
+
+def run_stage(args, backend, prompts, labels, log=print) -> dict:
+    """Sample, score, penalise and store the baselines of every prompt the store does not hold yet."""
+    from tqdm import tqdm
+
+    from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
+    from openrlhf_contrastive.store import StoreWriter
+
+    start = time.time()
+    k = args.contrastive.k
+
+    # 1. prompts: one per store key (duplicates dropped, dataset order kept)
+    keys, texts, prompts_u, labels_u = unique_prompts(prompts, labels, bool(args.data.label_key))
+
+    # 2. resume: fixed chunks of that list; a chunk with a missing key is redone whole (same seeds)
+    writer = StoreWriter(args.contrastive.baseline_path, k, training_fingerprint(args, k, baseline_temperature(args)))
     size = args.contrastive.chunk_size
     chunks = [range(s, min(s + size, len(keys))) for s in range(0, len(keys), size)]
     todo = [(c, idx) for c, idx in enumerate(chunks) if any(keys[i] not in writer.done for i in idx)]
     already = sum(1 for key in keys if key in writer.done)
     generations0, tokens0 = backend.num_generations, backend.num_tokens
 
-    def process(idx, experiences):
-        # 4. score them with the training reward
-        backend.score(experiences)
-        # 5. length penalties, as RemoteExperienceMaker.compute_advantages_and_returns applies them
-        for e in experiences:
-            e.rewards = e.rewards.to(torch.promote_types(e.rewards.dtype, torch.float32))
-        apply_length_penalties(experiences, args)
-        rewards = torch.cat([e.rewards.flatten() for e in experiences]).double().numpy().reshape(len(idx), k)
-        # 6. write (keys already stored are skipped by the writer)
-        before = len(writer.done)
-        writer.append([keys[i] for i in idx], [texts[i] for i in idx], rewards)
-        bar.update(len(writer.done) - before)
-        elapsed = max(bar.format_dict["elapsed"], 1e-9)
-        bar.set_postfix(tokens_per_s=f"{(backend.num_tokens - tokens0) / elapsed:.0f}")
-
     bar = tqdm(total=len(keys) - already, unit="prompt", desc="baselines", dynamic_ncols=True)
     try:
         with backend.awake():
-            # 3. sample k responses per prompt from the initial policy; two chunks in flight keep the engines busy
-            in_flight = collections.deque()
-            for chunk_index, idx in todo:
-                in_flight.append((idx, backend.submit(
-                    [uniq_prompts[i] for i in idx], [uniq_labels[i] for i in idx], [keys[i] for i in idx], k, chunk_index
-                )))
-                if len(in_flight) == 2:
-                    idx, collect = in_flight.popleft()
-                    process(idx, collect())
-            while in_flight:
-                idx, collect = in_flight.popleft()
-                process(idx, collect())
+            # 3. sample k responses per prompt from the initial policy
+            for idx, experiences in sampled_chunks(backend, todo, prompts_u, labels_u, keys, k):
+                # 4. score them with the training reward
+                backend.score(experiences)
+                # 5. penalise: OpenRLHF's length penalties, as in training
+                rewards = penalised_rewards(experiences, args, k)
+                # 6. append to the store (keys already stored are skipped by the writer)
+                before = len(writer.done)
+                writer.append([keys[i] for i in idx], [texts[i] for i in idx], rewards)
+                bar.update(len(writer.done) - before)
+                bar.set_postfix(tokens_per_s=f"{(backend.num_tokens - tokens0) / max(bar.format_dict['elapsed'], 1e-9):.0f}")
     finally:
         bar.close()
         writer.close()
 
+    return summarize(
+        args, log, prompts=len(keys), duplicates=len(prompts) - len(keys), already=already,
+        generations=backend.num_generations - generations0, tokens=backend.num_tokens - tokens0,
+        seconds=time.time() - start,
+    )
+
+
+def summarize(args, log, prompts: int, duplicates: int, already: int, generations: int, tokens: int, seconds: float) -> dict:
+    """The stage's summary (returned and logged): counts, the store's reward distribution, throughput."""
+    import numpy as np
+
+    from openrlhf_contrastive.store import BaselineStore
+
     store = BaselineStore.load(args.contrastive.baseline_path)
-    elapsed = time.time() - start
-    new = len(keys) - already
+    k, new = args.contrastive.k, prompts - already
     summary = {
         "store": str(args.contrastive.baseline_path),
-        "prompts": len(keys),
-        "duplicates_dropped": len(prompts) - len(keys),
+        "prompts": prompts,
+        "duplicates_dropped": duplicates,
         "already_stored": already,
         "sampled_prompts": new,
         "k": k,
-        "generations": backend.num_generations - generations0,
-        "generated_tokens": backend.num_tokens - tokens0,
+        "generations": generations,
+        "generated_tokens": tokens,
         "baseline_mean": float(np.mean(store.mean)) if len(store) else float("nan"),
         "baseline_std": float(np.std(store.rewards)) if len(store) else float("nan"),
-        "seconds": elapsed,
-        "prompts_per_s": new / elapsed,
-        "tokens_per_s": (backend.num_tokens - tokens0) / elapsed,
+        "seconds": seconds,
+        "prompts_per_s": new / seconds,
+        "tokens_per_s": tokens / seconds,
     }
     log(
-        f"baseline store {summary['store']}: {summary['prompts']} prompts x k={k} "
-        f"({summary['sampled_prompts']} sampled now, {already} already stored, {summary['duplicates_dropped']} duplicates "
-        f"dropped); baseline reward mean {summary['baseline_mean']:.4f}, std {summary['baseline_std']:.4f}; "
-        f"{summary['generations']} generations, {summary['generated_tokens']} tokens in {elapsed:.1f} s "
+        f"baseline store {summary['store']}: {prompts} prompts x k={k} ({new} sampled now, {already} already stored, "
+        f"{duplicates} duplicates dropped); baseline reward mean {summary['baseline_mean']:.4f}, std "
+        f"{summary['baseline_std']:.4f}; {generations} generations, {tokens} tokens in {seconds:.1f} s "
         f"({summary['prompts_per_s']:.2f} prompts/s, {summary['tokens_per_s']:.1f} tokens/s)"
     )
     return summary

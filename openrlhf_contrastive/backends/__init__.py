@@ -16,7 +16,7 @@ reward-function file) or from a reward-model Ray actor group (`RewardModelActor`
 `get_llm_for_sequence_regression` reward model or from --reward.remote_url through OpenRLHF's own executor.
 """
 
-BACKENDS = ("openrlhf", "hf")
+from openrlhf_contrastive.flags import BACKENDS  # noqa: F401  (re-exported: the stage's choices)
 
 
 def default_backend() -> str:

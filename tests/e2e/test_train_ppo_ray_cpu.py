@@ -2,8 +2,8 @@
 
 Three runs of OpenRLHF's own PPO (Ray with logical GPUs, a vLLM CPU engine, DeepSpeed on gloo, the `gae`
 estimator with a critic, a reference model, a reward-function file, four PPO steps, weight sync to vLLM) on tiny
-models built here, through the TEST-ONLY device choice of cpu_training/ (cuda -> cpu, nccl -> gloo; see
-cpu_training/cpu_device.py):
+models built here, through the TEST-ONLY device choice of the top-level cpu_training/ (cuda -> cpu, nccl -> gloo;
+see cpu_training/cpu_device.py):
 
     raw            no --reward_fn
     first          --reward_fn contrastive, no store yet: the in-job stage writes it, then PPO trains
@@ -30,7 +30,7 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 
 HERE = Path(__file__).parent
-LAUNCH = HERE / "cpu_training" / "launch.py"
+LAUNCH = HERE.parent.parent / "cpu_training" / "launch.py"
 REWARD_FILE = HERE / "reward_func_text.py"
 REPO = HERE.parent.parent
 RUN_TIMEOUT_S = int(os.environ.get("E2E_RUN_TIMEOUT_S", "900"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from openrlhf_contrastive import plugin, shapes
+from openrlhf_contrastive import flags, shapes
 from openrlhf_contrastive.stage import build_parser
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
@@ -43,7 +43,7 @@ def test_the_cpu_commands_and_the_install_lines_are_there():
 
 def test_every_metric_the_plugin_logs_is_documented():
     metrics = section("Metrics")
-    for key in (plugin.INFO_BASELINE, plugin.INFO_RAW, plugin.INFO_VALUE, plugin.INFO_BEAT, plugin.INFO_HIT):
+    for key in (flags.METRIC_BASELINE, flags.METRIC_RAW_REWARD, flags.METRIC_REWARD, flags.METRIC_BEAT_BASELINE, flags.METRIC_HIT):
         assert f"`train/{key}`" in metrics
 
 

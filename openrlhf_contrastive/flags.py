@@ -1,0 +1,119 @@
+"""Every command-line flag this package declares, and the names it logs under: a stdlib-only leaf module.
+
+`--contrastive.*` flags are declared here once (train_ppo_ray gets them through the plugin's `add_args`; the
+`sample` and `evaluate` commands through their parsers), next to the subset of train_ppo_ray's own flags that
+decide which prompts, policy, reward and sampling baselines come from. Nothing here imports torch or openrlhf,
+so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+BACKENDS = ("openrlhf", "hf")
+ON_MISSING = ("error", "raw")
+
+# Per-sample metrics written to experience.info (patched path) or extra_logs (reward_func.py); OpenRLHF logs each
+# as train/<key> (wandb, tensorboard).
+METRIC_BASELINE = "contrastive/baseline"
+METRIC_RAW_REWARD = "contrastive/raw_reward"
+METRIC_REWARD = "contrastive/reward"
+METRIC_BEAT_BASELINE = "contrastive/beat_baseline"
+METRIC_HIT = "contrastive/hit"
+
+
+def add_contrastive_args(parser: argparse.ArgumentParser) -> None:
+    """Declare every --contrastive.* flag (used by train_ppo_ray and by `openrlhf-contrastive sample`)."""
+    group = parser.add_argument_group("contrastive rewards (openrlhf-contrastive)")
+    group.add_argument(
+        "--contrastive.baseline_path", type=str, default=None,
+        help="Directory of the baseline store (k baseline rewards per prompt). Written by the offline stage.",
+    )
+    group.add_argument(
+        "--contrastive.shape", type=str, default="mean",
+        help="How r is compared with the prompt's baseline rewards r_1..r_k: mean (the paper: r - mean), median, "
+        "quantile:Q, min, max, zscore ((r - mean) / std), sigmoid (mean of sigmoid(r - r_j)), winrate "
+        "(fraction of baselines beaten, centred).",
+    )
+    group.add_argument(
+        "--contrastive.coef", type=float, default=1.0,
+        help="lambda in r - lambda * g(baselines); 1 is the paper's contrastive reward, 0 the raw reward.",
+    )
+    group.add_argument(
+        "--contrastive.on_missing", type=str, default="error", choices=ON_MISSING,
+        help="A rollout whose prompt is not in the store: error (stop, naming the prompt) or raw (keep r, count "
+        "the miss in train/contrastive/hit).",
+    )
+    group.add_argument(
+        "--contrastive.k", type=int, default=4, help="Baseline responses sampled per prompt by the offline stage."
+    )
+    group.add_argument(
+        "--contrastive.temperature", type=float, default=None,
+        help="Sampling temperature of the baseline responses (default: --rollout.temperature).",
+    )
+    group.add_argument(
+        "--contrastive.chunk_size", type=int, default=64,
+        help="Offline stage: prompts sampled, scored and appended to the store together (the unit of resume).",
+    )
+    group.add_argument(
+        "--contrastive.allow_dated_prompts", action="store_true", default=False,
+        help="Offline stage: go on when the chat template writes today's date into the prompts (keys then change daily).",
+    )
+    group.add_argument(
+        "--contrastive.accept_fingerprint_mismatch", action="store_true", default=False,
+        help="Use a store whose provenance (policy, reward, prompt or sampling settings) differs from this run's.",
+    )
+
+
+# The flags of train_ppo_ray that decide which prompts, policy, reward and sampling the baselines come from
+# (same names, types and defaults as openrlhf 0.11.2's train_ppo_ray).
+TRAIN_PPO_RAY_FLAGS = [
+    ("--actor.model_name_or_path", dict(type=str, default=None, help="HF model name or path")),
+    ("--reward.model_name_or_path", dict(type=str, default=None, help="HF model name or path")),
+    ("--reward.remote_url", dict(type=str, default=None, help="remote RM API (HTTP) or reward_func .py file")),
+    ("--reward.normalize_enable", dict(action="store_true", default=False, help="Enable Reward Normalization")),
+    ("--reward.overlong_buffer_len", dict(type=float, default=None, help="reward with optional overlong penalty")),
+    ("--reward.overlong_penalty_factor", dict(type=float, default=1, help="overlong penalty factor")),
+    ("--reward.stop_properly_penalty_coef", dict(type=float, default=None, help="Penalty for truncated samples")),
+    ("--reward.num_nodes", dict(type=int, default=1, help="number of nodes for reward model")),
+    ("--reward.num_gpus_per_node", dict(type=int, default=8, help="number of gpus per node for reward model")),
+    ("--reward.offload", dict(action="store_true", default=False, help="Offload reward model to CPU")),
+    ("--data.prompt_dataset", dict(type=str, default=None, help="HF dataset name or path")),
+    ("--data.prompt_probs", dict(type=str, default=None, help="sampling probs for datasets")),
+    ("--data.prompt_split", dict(type=str, default="train")),
+    ("--data.input_key", dict(type=str, default="input", help="JSON dataset key")),
+    ("--data.label_key", dict(type=str, default=None, help="JSON dataset key")),
+    ("--data.input_template", dict(type=str, default=None)),
+    ("--data.apply_chat_template", dict(action="store_true", default=False, help="Use HF tokenizer chat template")),
+    ("--data.max_samples", dict(type=int, default=int(1e8), help="Max number of samples")),
+    ("--data.max_len", dict(type=int, default=2048, help="Max total sequence length (prompt + response)")),
+    ("--data.disable_fast_tokenizer", dict(action="store_true", default=False)),
+    ("--data.image_key", dict(type=str, default="images", help="Dataset key for image paths/URLs")),
+    ("--rollout.max_new_tokens", dict(type=int, default=None, help="Max tokens to generate per sample")),
+    ("--rollout.temperature", dict(type=float, default=1.0)),
+    ("--rollout.top_p", dict(type=float, default=1.0)),
+    ("--vllm.num_engines", dict(type=int, default=None, help="number of vLLM Engines")),
+    ("--vllm.tensor_parallel_size", dict(type=int, default=1, help="tensor parallel size of vLLM Engine")),
+    ("--vllm.enable_prefix_caching", dict(action="store_true", default=False)),
+    ("--vllm.enforce_eager", dict(action="store_true", default=False, help="Disable CUDA graph in vLLM")),
+    ("--vllm.enable_sleep", dict(action="store_true", default=False, help="(in-job only) sleep vLLM between phases")),
+    ("--vllm.gpu_memory_utilization", dict(type=float, default=0.95, help="vLLM gpu_memory_utilization")),
+    ("--train.seed", dict(type=int, default=42)),
+    ("--train.full_determinism_enable", dict(action="store_true", default=False)),
+    ("--train.colocate_all", dict(action="store_true", default=False)),
+    ("--local_rank", dict(type=int, default=-1, help="local_rank for deepspeed")),
+    ("--ds.zero_stage", dict(type=int, default=2, help="DeepSpeed ZeRO stage")),
+    ("--ds.param_dtype", dict(type=str, default="bf16", choices=["bf16", "fp16"], help="Model data type")),
+    ("--ds.attn_implementation", dict(type=str, default="flash_attention_2", help="Attention implementation")),
+    ("--ds.experts_implementation", dict(type=str, default=None)),
+    ("--ds.load_in_4bit", dict(action="store_true", default=False)),
+    ("--ds.packing_samples", dict(action="store_true", default=False)),
+    ("--ds.value_head_prefix", dict(type=str, default="score")),
+    ("--use_ms", dict(action="store_true", default=False)),
+]
+
+
+def add_train_ppo_ray_args(parser: argparse.ArgumentParser) -> None:
+    """Declare TRAIN_PPO_RAY_FLAGS (for commands that take a copy of the training command)."""
+    for flag, spec in TRAIN_PPO_RAY_FLAGS:
+        parser.add_argument(flag, **spec)
