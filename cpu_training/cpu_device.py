@@ -13,7 +13,13 @@ group). On a CPU machine this module redirects those places, and nothing else:
 3. ``init_device_mesh("cuda", ...)`` builds a "cpu" mesh; ``stateless_init_process_group`` (vLLM's PyNccl
    communicator between DeepSpeed rank 0 and the vLLM workers) is a stateless gloo group with the same
    ``broadcast(tensor, src, stream)`` call (OpenRLHF uses it whenever it is off its CUDA-IPC path).
-4. torch's global RNG is seeded at import (for reproducible prompt order across runs; see _patch_torch).
+4. vLLM's CPU linear layers always multiply with their live ``weight`` Parameter (``torch.nn.functional.linear``),
+   on every x86 CPU. vLLM picks CPU GEMM kernels by instruction set: with AMX it packs weights for its sgl
+   kernel, with oneDNN bf16 support (AVX-512 BF16) it builds a oneDNN handle, and on AMD with zentorch it uses
+   zentorch; each of these drops the layer's ``weight`` Parameter (or computes from a packed copy), so
+   OpenRLHF's weight sync finds no ``weight_loader`` ("'Parameter' object has no attribute 'weight_loader'"),
+   or would update a weight the engine no longer reads. Only AVX2 CPUs got the torch path by themselves.
+5. torch's global RNG is seeded at import (for reproducible prompt order across runs; see _patch_torch).
 
 Tensors, models, losses, advantages and KL are computed by OpenRLHF's own code, unchanged, on the CPU.
 ``install()`` runs at the start of every Python process of the run (``sitecustomize.py`` next to this file,
@@ -105,6 +111,20 @@ def _patch_distributed_util(module):
     module.stateless_init_process_group = stateless_gloo_group
 
 
+def _patch_vllm_cpu_gemm(module):
+    """vllm.model_executor.layers.utils: the same GEMM path on every CPU, reading the live weight (item 4)."""
+    import torch
+
+    instruction_set_dispatch = module.dispatch_cpu_unquantized_gemm
+
+    def dispatch_live_weight_gemm(layer, remove_weight):
+        if layer.weight.is_meta or layer.weight.ndim != 2:  # not a dense linear layer: vLLM's own handling
+            return instruction_set_dispatch(layer, remove_weight)
+        layer.cpu_linear = torch.nn.functional.linear  # called as cpu_linear(x, layer.weight, bias)
+
+    module.dispatch_cpu_unquantized_gemm = dispatch_live_weight_gemm
+
+
 def _patch_worker_wrap(module):
     update_weight = module.WorkerWrap.update_weight
 
@@ -119,6 +139,7 @@ _AFTER_IMPORT = {
     "torch": _patch_torch,
     "torch.distributed.device_mesh": _patch_device_mesh,
     "openrlhf.utils.distributed_util": _patch_distributed_util,
+    "vllm.model_executor.layers.utils": _patch_vllm_cpu_gemm,
     "openrlhf.trainer.ray.vllm_worker_wrap": _patch_worker_wrap,
 }
 
