@@ -129,7 +129,8 @@ def run(opts) -> dict:
     from openrlhf_contrastive.demo_model import demo_policy
     from openrlhf_contrastive.flags import METRIC_BASELINE, METRIC_BEAT_BASELINE, METRIC_HIT, METRIC_RAW_REWARD, METRIC_REWARD
     from openrlhf_contrastive.plugin import ContrastiveReward
-    from openrlhf_contrastive.stage import build_prompts, dated_chat_template, dated_prompt_message, parse_args, run_stage
+    from openrlhf_contrastive.checks import check_chat_template_date
+    from openrlhf_contrastive.stage import build_prompts, parse_args, run_stage
     from openrlhf_contrastive.store import BaselineStore, StoreError, prompt_keys
 
     start = time.time()
@@ -149,9 +150,7 @@ def run(opts) -> dict:
     store_path = out / "baselines"
     args = parse_args(stage_flags(policy, store_path, opts))
     tokenizer = get_tokenizer(str(policy), None, "left", None)
-    date = dated_chat_template(args, tokenizer)
-    if date:
-        raise SystemExit(dated_prompt_message(date))
+    check_chat_template_date(args, tokenizer)
     prompts, labels = build_prompts(args, tokenizer, StageStrategy(args))
 
     # 2. cluster and engine (OpenRLHF's create_vllm_engines, reward-function file in the rollout actor)

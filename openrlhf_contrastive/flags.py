@@ -99,6 +99,7 @@ TRAIN_PPO_RAY_FLAGS = [
     ("--vllm.enable_sleep", dict(action="store_true", default=False, help="(in-job only) sleep vLLM between phases")),
     ("--vllm.gpu_memory_utilization", dict(type=float, default=0.95, help="vLLM gpu_memory_utilization")),
     ("--train.seed", dict(type=int, default=42)),
+    ("--train.agent_func_path", dict(type=str, default=None, help="Agent script path (the agent gives the reward)")),
     ("--train.full_determinism_enable", dict(action="store_true", default=False)),
     ("--train.colocate_all", dict(action="store_true", default=False)),
     ("--local_rank", dict(type=int, default=-1, help="local_rank for deepspeed")),

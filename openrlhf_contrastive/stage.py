@@ -22,11 +22,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import logging
 import sys
 import time
+from pathlib import Path
 
+from openrlhf_contrastive.backends import check_rewards, default_backend
+from openrlhf_contrastive.checks import (
+    InputError,
+    check_chat_template_date,
+    check_contrastive_args,
+    check_sample_inputs,
+)
 from openrlhf_contrastive.flags import BACKENDS, add_contrastive_args, add_train_ppo_ray_args
 
 logger = logging.getLogger(__name__)
@@ -63,10 +70,17 @@ def parse_args(argv: list[str]):
     missing = [f for f, v in [("--actor.model_name_or_path", args.actor.model_name_or_path),
                               ("--data.prompt_dataset", args.data.prompt_dataset),
                               ("--contrastive.baseline_path", args.contrastive.baseline_path)] if not v]
-    if not (args.reward.model_name_or_path or args.reward.remote_url):
-        missing.append("--reward.model_name_or_path or --reward.remote_url")
+    if not (args.reward.model_name_or_path or args.reward.remote_url or args.train.agent_func_path):
+        missing.append("--reward.model_name_or_path, --reward.remote_url or --train.agent_func_path")
     if missing:
-        raise SystemExit(f"openrlhf-contrastive sample needs {', '.join(missing)} (the same values as for training).")
+        raise InputError(f"openrlhf-contrastive sample needs {', '.join(missing)} (the same values as for training).")
+    if args.train.agent_func_path and (args.contrastive.backend or default_backend()) == "hf":
+        raise InputError(
+            f"--train.agent_func_path {args.train.agent_func_path}: the agent runs inside OpenRLHF's vLLM rollout actors, "
+            "which the hf backend does not use. Use --contrastive.backend openrlhf (vLLM installed) for agent rewards."
+        )
+    check_contrastive_args(args)
+    check_sample_inputs(args)
     return args
 
 
@@ -82,27 +96,6 @@ def build_prompts(args, tokenizer, strategy) -> tuple[list[str], list[str]]:
     data = data.select(range(min(args.data.max_samples, len(data))))
     dataset = PromptDataset(data, tokenizer, strategy, input_template=args.data.input_template)
     return dataset.prompts, dataset.labels
-
-
-def dated_chat_template(args, tokenizer, today: datetime.date | None = None) -> str | None:
-    """The date string when the chat template writes today's date into every prompt (keys then change daily)."""
-    if not args.data.apply_chat_template:
-        return None
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
-    today = today or datetime.date.today()
-    forms = {today.strftime(f) for f in ("%d %b %Y", "%d %B %Y", "%Y-%m-%d", "%B %d, %Y", "%b %d, %Y", "%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d")}
-    forms |= {f"{today.day} {today:%b %Y}", f"{today.day} {today:%B %Y}", f"{today:%B} {today.day}, {today.year}"}
-    return next((f for f in sorted(forms, key=len, reverse=True) if f in rendered), None)
-
-
-def dated_prompt_message(date: str) -> str:
-    return (
-        f"The chat template of --actor.model_name_or_path writes today's date ({date!r}) into every prompt, so the "
-        "prompt strings (the store's keys) change from day to day: a training run on another day finds no baselines. "
-        "Fix: give the tokenizer a chat template with a fixed date (in tokenizer_config.json / chat_template.jinja "
-        "replace strftime_now(...) by a constant string, e.g. set date_string), or use --data.input_template instead of "
-        "--data.apply_chat_template. Pass --contrastive.allow_dated_prompts to go on anyway (train on the same day)."
-    )
 
 
 def unique_prompts(prompts, labels, label_keyed: bool):
@@ -179,6 +172,7 @@ def run_stage(args, backend, prompts, labels, log=print) -> dict:
             for idx, experiences in sampled_chunks(backend, todo, prompts_u, labels_u, keys, k):
                 # 4. score them with the training reward
                 backend.score(experiences)
+                check_rewards(experiences, args)
                 # 5. penalise: OpenRLHF's length penalties, as in training
                 rewards = penalised_rewards(experiences, args, k)
                 # 6. append to the store (keys already stored are skipped by the writer)
@@ -234,16 +228,24 @@ def run_in_job(trainer) -> dict:
     from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
 
     args = trainer.args
-    date = dated_chat_template(args, trainer.tokenizer)
-    if date:
-        logger.warning(dated_prompt_message(date))
+    check_chat_template_date(args, trainer.tokenizer)  # also refused at parse time (check_args); here for the record
     dataset = trainer.prompts_dataloader.dataset
     return run_stage(args, OpenRLHFBackend.from_trainer(trainer), dataset.prompts, dataset.labels, log=logger.info)
 
 
+def check_store_matches(args) -> None:
+    """An existing store at --contrastive.baseline_path was made under this command's settings (before models load)."""
+    from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
+    from openrlhf_contrastive.store import HEADER, compare_fingerprints, read_header
+
+    if (Path(args.contrastive.baseline_path) / HEADER).exists():
+        header = read_header(args.contrastive.baseline_path)
+        expected = training_fingerprint(args, args.contrastive.k, baseline_temperature(args))
+        compare_fingerprints(header["fingerprint"], expected, args.contrastive.baseline_path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """`openrlhf-contrastive sample`: parse, build prompts, start the backend, run the stage, shut down."""
-    from openrlhf_contrastive.backends import default_backend
     from openrlhf_contrastive.backends.openrlhf import StageStrategy
 
     from openrlhf.utils.utils import get_tokenizer
@@ -251,9 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Everything that can be wrong with the prompts is found before an engine or a GPU is started.
     tokenizer = get_tokenizer(args.actor.model_name_or_path, None, "left", None, use_fast=not args.data.disable_fast_tokenizer)
-    date = dated_chat_template(args, tokenizer)
-    if date and not args.contrastive.allow_dated_prompts:
-        raise SystemExit(dated_prompt_message(date))
+    check_chat_template_date(args, tokenizer)
+    check_store_matches(args)
     prompts, labels = build_prompts(args, tokenizer, StageStrategy(args))
     backend_name = args.contrastive.backend or default_backend()
     if backend_name == "hf":

@@ -37,3 +37,50 @@ def remote_reward_urls(args) -> list[str] | None:
 def stage_seed(args, key: int, sample: int) -> int:
     """The vLLM seed of baseline `sample` of the prompt with store `key`: fixed by key, sample and --train.seed."""
     return (int(key) * 1_000_003 + sample * 7_919 + int(args.train.seed)) % (2**31 - 1)
+
+
+def reward_source(args) -> str:
+    """The reward the stage scores with, as the user named it (for messages)."""
+    if getattr(args.train, "agent_func_path", None):
+        return f"the agent --train.agent_func_path {args.train.agent_func_path}"
+    if args.reward.remote_url:
+        urls = args.reward.remote_url
+        return "--reward.remote_url " + ",".join(urls if isinstance(urls, (list, tuple)) else [urls])
+    return f"the reward model --reward.model_name_or_path {args.reward.model_name_or_path}"
+
+
+def rewards_from_rollout_actor(args) -> bool:
+    """Whether OpenRLHF's rollout actor scores each response itself (remote reward or agent), as in training."""
+    return bool(args.reward.remote_url or getattr(args.train, "agent_func_path", None))
+
+
+def check_rewards(experiences, args) -> None:
+    """Each response has exactly one finite reward, else refuse naming the prompt and the reward source.
+
+    Run on every chunk before anything is written: a reward source that returns nothing, several values per
+    response, NaN or inf would otherwise be stored silently (or break training later).
+    """
+    import torch
+
+    problems = []
+    for e in experiences:
+        reward = None if e.rewards is None else torch.as_tensor(e.rewards, dtype=torch.float64).flatten()
+        if reward is None:
+            cause = e.info.get("reward_error") if isinstance(e.info, dict) else None
+            problems.append((e, "no reward" + (f" ({cause})" if cause else "")))
+        elif reward.numel() != 1:
+            problems.append((e, f"{reward.numel()} values instead of one ({reward.tolist()[:4]})"))
+        elif not torch.isfinite(reward).all():
+            problems.append((e, f"the non-finite reward {reward.item()}"))
+    if problems:
+        e, what = problems[0]
+        hint = (  # the rollout actor (openrlhf backend) swallows the cause; the hf backend names it in `what`
+            " OpenRLHF's rollout actor catches a failing reward call and logs it at INFO in the Ray worker log "
+            "('Failed to fetch reward')." if what == "no reward" and rewards_from_rollout_actor(args) else ""
+        )
+        raise ValueError(
+            f"{reward_source(args)} gave {what} for a baseline response of the prompt {e.prompts[0][:200]!r} "
+            f"({len(problems)} of {len(experiences)} responses of this chunk have such a problem). Every response needs "
+            f"exactly one finite reward, as in training; nothing of this chunk was written.{hint} Fix the reward "
+            "source and rerun: finished prompts are kept."
+        )

@@ -130,15 +130,35 @@ class HFBackend:
                 r = self.reward_model(seqs.to(self.device), mask.to(self.device), pad_sequence=True)
                 rewards.extend(r.float().cpu().tolist())
         for e, r in zip(experiences, rewards):
-            e.rewards = torch.tensor([float(r)])
+            e.rewards = None if r is None else torch.as_tensor(r, dtype=torch.float32).detach().reshape(-1).cpu()
             e.info["reward"] = e.rewards
 
     async def _remote_rewards(self, experiences):
-        """One query per sample through OpenRLHF's executor, as the rollout actor calls it."""
+        """One query per sample through OpenRLHF's executor, read as its rollout actor reads the answer.
+
+        Like the rollout actor, a failing call leaves the reward missing (None); unlike it, the cause is kept
+        (info["reward_error"]) so that the stage's check_rewards can name it.
+        """
         fetch = self.executor._fetch_rewards_via_func if self.executor.reward_func else self.executor._fetch_rewards_via_http
         queries = [self.tokenizer.decode(e.sequences[0].tolist(), skip_special_tokens=False) for e in experiences]
-        results = await asyncio.gather(*(fetch([q], e.prompts, e.labels) for q, e in zip(queries, experiences)))
-        return [float(torch.as_tensor(result[0]["rewards"]).flatten()[0]) for result in results]
+        results = await asyncio.gather(
+            *(fetch([q], e.prompts, e.labels) for q, e in zip(queries, experiences)), return_exceptions=True
+        )
+        rewards = []
+        for e, result in zip(experiences, results):
+            if isinstance(result, Exception):
+                e.info["reward_error"] = f"the call raised {type(result).__name__}: {result}"
+                rewards.append(None)
+                continue
+            answer = result[0] if result else None
+            if not isinstance(answer, dict):
+                e.info["reward_error"] = (
+                    f"it returned {type(answer).__name__}, not a dict {{'rewards': ..., 'scores': ...}} as OpenRLHF expects"
+                )
+                rewards.append(None)
+                continue
+            rewards.append(answer.get("rewards"))
+        return rewards
 
     def close(self) -> None:
         self.policy = self.reward_model = None

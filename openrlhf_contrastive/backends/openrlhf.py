@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import logging
 
-from openrlhf_contrastive.backends import remote_reward_urls, stage_seed
+from openrlhf_contrastive.backends import remote_reward_urls, rewards_from_rollout_actor, stage_seed
 from openrlhf_contrastive.fingerprint import baseline_temperature
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class OpenRLHFBackend:
         num_engines = args.vllm.num_engines or 1
         remote = remote_reward_urls(args)
         needed = num_engines * args.vllm.tensor_parallel_size
-        if not remote:
+        if not rewards_from_rollout_actor(args):
             needed += args.reward.num_nodes * args.reward.num_gpus_per_node
         if not ray.is_initialized():
             ray.init()
@@ -99,7 +99,7 @@ class OpenRLHFBackend:
             raise ValueError(
                 f"The openrlhf backend needs {needed} GPUs ({num_engines} vLLM engine(s) x "
                 f"--vllm.tensor_parallel_size {args.vllm.tensor_parallel_size}"
-                + ("" if remote else f" + reward model {args.reward.num_nodes} x {args.reward.num_gpus_per_node}")
+                + ("" if rewards_from_rollout_actor(args) else f" + reward model {args.reward.num_nodes} x {args.reward.num_gpus_per_node}")
                 + f"), the Ray cluster has {gpus:g}. Lower --vllm.num_engines / --reward.num_gpus_per_node, or use "
                 "--contrastive.backend hf (one device, CPU included)."
             )
@@ -116,10 +116,11 @@ class OpenRLHFBackend:
             args.vllm.gpu_memory_utilization,
             False,
             None,
+            agent_func_path=args.train.agent_func_path,
             remote_rm_url=remote,
         )
         group = None
-        if not remote:
+        if not rewards_from_rollout_actor(args):
             from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
             from openrlhf.utils import get_strategy
 
@@ -188,18 +189,14 @@ class OpenRLHFBackend:
     # -- score like training ---------------------------------------------------------------------------------
 
     def score(self, experiences) -> None:
+        """Rewards as RemoteExperienceMaker gets them: the rollout actor's (remote reward or agent), else the RM group.
+
+        The stage's `check_rewards` then refuses missing, multiple or non-finite rewards, naming the prompt.
+        """
         import ray
 
         args = self.args
-        if remote_reward_urls(args):
-            missing = [e for e in experiences if e.rewards is None]
-            if missing:
-                raise ValueError(
-                    f"--reward.remote_url {args.reward.remote_url} returned no reward for {len(missing)} of "
-                    f"{len(experiences)} baseline responses (for example of the prompt {missing[0].prompts[0][:200]!r}). "
-                    "OpenRLHF's rollout actor logs the cause at INFO in the Ray worker log ('Failed to fetch reward'). "
-                    "Fix the reward server or reward function and rerun: finished prompts are kept."
-                )
+        if rewards_from_rollout_actor(args):
             return
         group = self.reward_model_group
         if group is None:

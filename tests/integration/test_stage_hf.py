@@ -114,6 +114,7 @@ def test_dated_chat_template_refused_before_sampling(models, tmp_path):
     from transformers import AutoTokenizer
 
     from openrlhf_contrastive import stage
+    from openrlhf_contrastive.checks import InputError
 
     policy, rm, prompts = models
     dated = tmp_path / "dated"
@@ -124,7 +125,7 @@ def test_dated_chat_template_refused_before_sampling(models, tmp_path):
         if not (dated / name).exists():
             os.symlink(policy / name, dated / name)
     flags = sample_flags((dated, rm, prompts), tmp_path / "s")
-    with pytest.raises(SystemExit, match="writes today's date"):
+    with pytest.raises(InputError, match="writes today's date"):
         stage.main(flags)
     assert not (tmp_path / "s").exists()
     assert stage.main([*flags, "--contrastive.allow_dated_prompts", "--data.max_samples", "2"])["prompts"] == 2

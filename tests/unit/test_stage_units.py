@@ -1,37 +1,10 @@
-"""Stage pieces that need no openrlhf: the dated chat template check, per-request seeds, flags, empty-store resume."""
-
-import datetime
+"""Stage pieces that need no openrlhf: per-request seeds, flags, empty-store resume."""
 
 import numpy as np
 import pytest
 
 from openrlhf_contrastive.backends import stage_seed
-from openrlhf_contrastive.stage import build_parser, dated_chat_template, dated_prompt_message
-
-
-def tokenizer_with(template, tmp_path):
-    from openrlhf_contrastive.tiny import build_tokenizer
-
-    tok = build_tokenizer(tmp_path)
-    tok.chat_template = template
-    return tok
-
-
-
-class Args:
-    def __init__(self, chat):
-        self.data = type("D", (), {"apply_chat_template": chat})()
-
-
-def test_chat_template_with_todays_date_is_detected(tmp_path):
-    dated = tokenizer_with("Today: {{ strftime_now('%d %b %Y') }}{% for m in messages %}{{ m['content'] }}{% endfor %}", tmp_path)
-    today = datetime.date.today()
-    assert dated_chat_template(Args(True), dated) == today.strftime("%d %b %Y")
-    assert dated_chat_template(Args(False), dated) is None  # no chat template, no date in the prompt
-    plain = tokenizer_with("{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}", tmp_path / "plain")
-    assert dated_chat_template(Args(True), plain) is None
-    message = dated_prompt_message("27 Nov 2026")
-    assert "--data.input_template" in message and "strftime_now" in message and "--contrastive.allow_dated_prompts" in message
+from openrlhf_contrastive.stage import build_parser
 
 
 def test_seed_depends_on_prompt_sample_and_train_seed():
