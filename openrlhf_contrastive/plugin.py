@@ -17,14 +17,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from openrlhf_contrastive.flags import (
-    METRIC_BASELINE,
-    METRIC_BEAT_BASELINE,
-    METRIC_HIT,
-    METRIC_RAW_REWARD,
-    METRIC_REWARD,
-    add_contrastive_args,
-)
+from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
+from openrlhf_contrastive.flags import METRIC_REWARD, add_contrastive_args
+from openrlhf_contrastive.shapes import cancelling_estimator_reason, contrastive_batch, parse_shape
+from openrlhf_contrastive.store import HEADER, BaselineStore, StoreError, prompt_keys
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +37,6 @@ class ContrastiveReward:
 
     def check_args(self, args) -> None:
         """Refuse what would waste a GPU job: no store path, an unknown shape, a shape that cancels, async."""
-        from openrlhf_contrastive.shapes import cancelling_estimator_reason, parse_shape
-
         settings = args.contrastive
         if not settings.baseline_path:
             raise SystemExit(
@@ -65,7 +59,7 @@ class ContrastiveReward:
             raise SystemExit(f"--contrastive.shape {shape} needs --contrastive.k >= {shape.min_k}, got {settings.k}.")
         if settings.chunk_size < 1:
             raise SystemExit(f"--contrastive.chunk_size must be at least 1, got {settings.chunk_size}.")
-        has_store = Path(settings.baseline_path, "header.json").exists()
+        has_store = Path(settings.baseline_path, HEADER).exists()
         if getattr(args.train, "async_enable", False) and not has_store:
             raise SystemExit(
                 f"--train.async_enable with --reward_fn contrastive needs an existing baseline store, and "
@@ -74,8 +68,6 @@ class ContrastiveReward:
                 "and the same flags, then start training."
             )
         if has_store:
-            from openrlhf_contrastive.store import BaselineStore, StoreError
-
             try:
                 BaselineStore.load(settings.baseline_path).check_fingerprint(
                     self.fingerprint(args), settings.accept_fingerprint_mismatch
@@ -84,8 +76,6 @@ class ContrastiveReward:
                 raise SystemExit(str(e)) from None
 
     def fingerprint(self, args) -> dict:
-        from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
-
         return training_fingerprint(args, args.contrastive.k, baseline_temperature(args))
 
     # -- start of training ----------------------------------------------------------------------------------
@@ -93,8 +83,6 @@ class ContrastiveReward:
     def setup(self, trainer) -> None:
         """Before the first PPO step: run the offline stage on the trainer's own engines when the store misses
         prompts of the training set (none: zero generations), then load and validate it and report its coverage."""
-        from openrlhf_contrastive.store import prompt_keys
-
         args = trainer.args
         dataset = getattr(getattr(trainer, "prompts_dataloader", None), "dataset", None)
         keys = None
@@ -110,35 +98,23 @@ class ContrastiveReward:
             _, hit = self.store.lookup(keys)
             missing = int((~hit).sum())
             if missing and args.contrastive.on_missing == "error":
-                first = dataset.prompts[int((~hit).nonzero()[0][0])]
-                raise ValueError(self._missing_message(missing, len(hit), first))
+                raise ValueError(missing_baselines_message(self.store.path, dataset.prompts, hit, "training prompts"))
             logger.info("contrastive: store %s covers %d of %d training prompts", self.store.path, len(hit) - missing, len(hit))
 
     def _stage_needed(self, args, keys) -> bool:
         """No store yet, or a store with this run's fingerprint that lacks some of the training prompts' `keys` (a
         store made under other settings and accepted with --contrastive.accept_fingerprint_mismatch is never extended)."""
-        if not Path(args.contrastive.baseline_path, "header.json").exists():
+        if not Path(args.contrastive.baseline_path, HEADER).exists():
             return True
         self.load(args)
         _, hit = self.store.lookup(keys)
         return not hit.all() and not self.store.check_fingerprint(self.fingerprint(args), accept_mismatch=True)
 
     def load(self, args) -> None:
-        from openrlhf_contrastive.store import BaselineStore
-
         if self.store is None:
             store = BaselineStore.load(args.contrastive.baseline_path)
             store.check_fingerprint(self.fingerprint(args), args.contrastive.accept_fingerprint_mismatch)
             self.store = store
-
-    def _missing_message(self, missing: int, total: int, first_prompt: str, what: str = "training prompts") -> str:
-        return (
-            f"{missing} of {total} {what} have no baselines in the store {self.store.path}, for example "
-            f"{first_prompt[:300]!r}. The store's keys are the exact prompt strings OpenRLHF builds (input template or "
-            "chat template applied); a different dataset, --data.* flag or a chat template that inserts today's date "
-            "changes them. Rerun the stage with the training flags (finished prompts are kept), or pass "
-            "--contrastive.on_missing raw to train those prompts on the raw reward."
-        )
 
     # -- every PPO step -------------------------------------------------------------------------------------
 
@@ -150,33 +126,34 @@ class ContrastiveReward:
         """
         import torch
 
-        from openrlhf_contrastive.shapes import baseline_statistic, contrastive_reward, parse_shape
-        from openrlhf_contrastive.store import prompt_keys
-
         self.load(args)
-        shape, coef = parse_shape(args.contrastive.shape), args.contrastive.coef
         prompts = [p for e in experiences for p in e.prompts]
         labels = [label for e in experiences for label in e.labels] if args.data.label_key else None
         baselines, hit = self.store.lookup(prompt_keys(prompts, labels))
         if not hit.all() and args.contrastive.on_missing == "error":
-            first = prompts[int((~hit).nonzero()[0][0])]
-            raise ValueError(self._missing_message(int((~hit).sum()), len(hit), first, "rollouts of this PPO batch"))
+            raise ValueError(missing_baselines_message(self.store.path, prompts, hit, "rollouts of this PPO batch"))
 
         # Rewards are (B,), or (B, 1) when an HTTP reward server answers with lists: shape back at the end.
         r = torch.cat([e.rewards.reshape(-1) for e in experiences])
-        baselines, hit = torch.from_numpy(baselines).to(r.dtype), torch.from_numpy(hit)
-        value = torch.where(hit, contrastive_reward(r, baselines, shape, coef).to(r.dtype), r)
-        baseline = torch.where(hit, baseline_statistic(baselines, shape), torch.zeros_like(r))
-        metrics = {
-            METRIC_BASELINE: baseline,
-            METRIC_RAW_REWARD: r,
-            METRIC_REWARD: value,
-            METRIC_BEAT_BASELINE: ((r > baseline) & hit).to(r.dtype),
-            METRIC_HIT: hit.to(r.dtype),
-        }
+        _, metrics = contrastive_batch(
+            r, torch.from_numpy(baselines), torch.from_numpy(hit), parse_shape(args.contrastive.shape), args.contrastive.coef
+        )
         sizes = [e.rewards.numel() for e in experiences]
         split = {key: tensor.split(sizes) for key, tensor in metrics.items()}
         for i, experience in enumerate(experiences):
             for key, chunks in split.items():
                 experience.info[key] = chunks[i].clone()
             experience.rewards = experience.info[METRIC_REWARD].reshape(experience.rewards.shape).clone()
+
+
+def missing_baselines_message(store_path, prompts, hit, what: str, raw_option: str = "--contrastive.on_missing raw") -> str:
+    """The refusal when some of `prompts` (those where `hit` is False) have no baselines in the store."""
+    missing = int((~hit).sum())
+    first = prompts[int((~hit).nonzero()[0][0])]
+    return (
+        f"{missing} of {len(hit)} {what} have no baselines in the store {store_path}, for example {first[:300]!r}. "
+        "The store's keys are the exact prompt strings OpenRLHF builds (input template or chat template applied, "
+        "plus the label when --data.label_key keys them); a different dataset, --data.* flag or a chat template that "
+        "inserts today's date changes them. Rerun the stage with the training flags (finished prompts are kept), or "
+        f"pass {raw_option} to train those prompts on the raw reward."
+    )

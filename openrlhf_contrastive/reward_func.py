@@ -37,6 +37,12 @@ import os
 import time
 import urllib.request
 
+from openrlhf_contrastive.fingerprint import identity
+from openrlhf_contrastive.flags import ON_MISSING
+from openrlhf_contrastive.plugin import missing_baselines_message
+from openrlhf_contrastive.shapes import contrastive_batch, parse_shape
+from openrlhf_contrastive.store import BaselineStore, StoreError, compare_fingerprints, prompt_keys
+
 ENV_BASE = "CONTRASTIVE_BASE_REWARD"
 ENV_STORE = "CONTRASTIVE_BASELINE_PATH"
 ENV_SHAPE = "CONTRASTIVE_SHAPE"
@@ -83,14 +89,11 @@ def _http_reward(url: str, tries: int = 5, timeout: float = 180.0):
     return reward
 
 
-class ContrastiveRewardFunc:
-    """reward_func around a base reward and a baseline store, configured from the environment."""
+class UnpatchedContrastiveReward:
+    """reward_func around a base reward and a baseline store, configured from the environment (the plugin's
+    `ContrastiveReward` does the same inside patched OpenRLHF)."""
 
     def __init__(self, environ=os.environ):
-        from openrlhf_contrastive.fingerprint import identity
-        from openrlhf_contrastive.shapes import parse_shape
-        from openrlhf_contrastive.store import BaselineStore, StoreError, compare_fingerprints
-
         base, path = environ.get(ENV_BASE), environ.get(ENV_STORE)
         missing = [name for name, value in ((ENV_BASE, base), (ENV_STORE, path)) if not value]
         if missing:
@@ -106,7 +109,7 @@ class ContrastiveRewardFunc:
         except ValueError:
             raise ValueError(f"{ENV_COEF}={environ[ENV_COEF]!r} is not a number. Set it like --contrastive.coef, e.g. 1.") from None
         self.on_missing = environ.get(ENV_ON_MISSING, "error")
-        if self.on_missing not in ("error", "raw"):
+        if self.on_missing not in ON_MISSING:
             raise ValueError(f"{ENV_ON_MISSING}={self.on_missing!r}: choose error or raw (as --contrastive.on_missing).")
         self.label_keyed = _flag(environ, ENV_LABEL_KEYED)
         self.store = BaselineStore.load(path)
@@ -127,39 +130,24 @@ class ContrastiveRewardFunc:
         self.base = _http_reward(base) if is_url else _load_file_reward(base)
 
     def __call__(self, queries, prompts, labels):
-        import numpy as np
         import torch
-
-        from openrlhf_contrastive.flags import METRIC_BASELINE, METRIC_BEAT_BASELINE, METRIC_HIT, METRIC_RAW_REWARD, METRIC_REWARD
-        from openrlhf_contrastive.shapes import baseline_statistic, contrastive_reward
-        from openrlhf_contrastive.store import prompt_keys
 
         out = self.base(queries, prompts, labels)
         raw = torch.as_tensor(out["rewards"] if isinstance(out, dict) else out, dtype=torch.float32).flatten()
         scores = out.get("scores", raw) if isinstance(out, dict) else raw
         extra = dict(out.get("extra_logs") or {}) if isinstance(out, dict) else {}
-        keys = prompt_keys(list(prompts), [str(l) for l in labels] if self.label_keyed else None)
-        baselines, hit = self.store.lookup(keys)
+        prompts = list(prompts)
+        baselines, hit = self.store.lookup(prompt_keys(prompts, [str(l) for l in labels] if self.label_keyed else None))
         if not hit.all() and self.on_missing == "error":
-            first = list(prompts)[int(np.flatnonzero(~hit)[0])]
             raise ValueError(
-                f"The prompt {first[:300]!r} has no baselines in {self.store.path}; the store was made from other "
-                f"prompt strings (dataset, --data.* flags, chat template) or without/with labels ({ENV_LABEL_KEYED})."
+                missing_baselines_message(self.store.path, prompts, hit, "rollouts", f"{ENV_ON_MISSING}=raw")
+                + f" (reward_func.py: {ENV_LABEL_KEYED}=1 keys the store by prompt and label.)"
             )
-        b = torch.from_numpy(baselines).float()
-        hit_t = torch.from_numpy(hit)
-        value = torch.where(hit_t, contrastive_reward(raw, b, self.shape, self.coef).float(), raw)
-        baseline = torch.where(hit_t, baseline_statistic(b, self.shape), torch.zeros_like(raw))
-        extra.update({
-            METRIC_BASELINE: baseline,
-            METRIC_RAW_REWARD: raw,
-            METRIC_REWARD: value,
-            METRIC_BEAT_BASELINE: ((raw > baseline) & hit_t).float(),
-            METRIC_HIT: hit_t.float(),
-        })
+        value, metrics = contrastive_batch(raw, torch.from_numpy(baselines), torch.from_numpy(hit), self.shape, self.coef)
+        extra.update(metrics)
         return {"rewards": value, "scores": scores, "extra_logs": extra}
 
 
 # OpenRLHF imports this file in every rollout actor: configure and load the store now, so errors stop the start.
 if os.environ.get(ENV_STORE) or os.environ.get(ENV_BASE) or __name__ == "reward_func":
-    reward_func = ContrastiveRewardFunc()
+    reward_func = UnpatchedContrastiveReward()

@@ -4,21 +4,31 @@ Shen et al. 2024 (arXiv 2403.07708) replace the reward of a rollout y of prompt 
 
     r_cr(x, y) = r(x, y) - lambda * g(r(x, y_1), ..., r(x, y_k)),    y_j ~ pi_SFT(. | x)
 
-with g the mean. This module offers g and a few non-linear relatives ("shapes"), all computed from the
-same k stored baseline rewards, and knows under which OpenRLHF advantage estimators a shape is a no-op.
+with g the mean. This module offers g and a few relatives from the field ("shapes"), all computed from the
+same k stored baseline rewards, knows under which OpenRLHF advantage estimators a shape is a no-op, and turns
+a batch of rewards into the values and metrics both OpenRLHF paths log (`contrastive_batch`).
 
-Only torch is imported here.
+Parsing a shape and the estimator tables need only the standard library (the plugin checks them while
+train_ppo_ray parses its flags); the functions that compute values import torch when called.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from openrlhf_contrastive.flags import METRIC_BASELINE, METRIC_BEAT_BASELINE, METRIC_HIT, METRIC_RAW_REWARD, METRIC_REWARD
+
+if TYPE_CHECKING:
+    import torch
 
 # Shapes that subtract a per-prompt statistic: r - lambda * stat(baselines).
 SHIFT_SHAPES = ("mean", "median", "min", "max")
-SHAPE_NAMES = SHIFT_SHAPES + ("quantile:q", "zscore", "sigmoid", "winrate")
+SHAPE_NAMES = SHIFT_SHAPES + ("quantile:Q", "logmeanexp:BETA", "zscore", "sigmoid", "winrate", "logsigmoid", "logsigmoid:Q")
+# Per-prompt shifts: the value is r - lambda * s(x) with s(x) a statistic of the prompt's baselines.
+PER_PROMPT_SHIFTS = SHIFT_SHAPES + ("quantile", "logmeanexp")
 
 # OpenRLHF 0.11.2 estimators that subtract the mean of the prompt's own rollout group (rloo: leave-one-out
 # mean) before computing returns, so that any per-prompt constant added to r cancels exactly.
@@ -26,24 +36,34 @@ GROUP_CENTRED_ESTIMATORS = ("rloo", "reinforce_baseline", "dr_grpo", "group_norm
 # group_norm also divides by the group's std, so a per-prompt positive scale cancels as well.
 GROUP_SCALED_ESTIMATORS = ("group_norm",)
 
-ZSCORE_EPS = 1e-4
-"""Added to the baseline std in `zscore`, so that k identical baseline rewards stay finite."""
+LOGSIGMOID_LEVEL = 0.85
+"""`logsigmoid`'s default reference: the 85th percentile of a normal fit to the baselines, as PAR's LSC code."""
+
+
+def zscore_std_floor(k: int) -> float:
+    """The smallest baseline std `zscore` divides by: 1 / sqrt(k).
+
+    That is the sample std of k 0/1 rewards of which exactly one differs, the smallest non-zero spread k
+    rule-based baselines can show. A prompt whose k baselines all agree (common with 0/1 rewards, where the std
+    is 0) is scored as if one of them had disagreed: |value| <= sqrt(k) * max(1, coef) for 0/1 rewards instead of
+    values like 1e4. On reward-model scales (per-prompt stds around 1) the floor is rarely reached.
+    """
+    return k**-0.5
 
 
 @dataclass(frozen=True)
 class Shape:
-    """A parsed `--contrastive.shape` value: a name and, for `quantile`, its level q in [0, 1]."""
+    """A parsed `--contrastive.shape` value: a name and its argument (the level q of `quantile` and
+    `logsigmoid`, the temperature beta of `logmeanexp`)."""
 
     name: str
     q: float | None = None
+    beta: float | None = None
 
     def __str__(self) -> str:
-        return f"quantile:{self.q:g}" if self.name == "quantile" else self.name
-
-    @property
-    def per_prompt_affine(self) -> bool:
-        """True when the value is a(x) * r + c(x) with a(x) > 0 that depends on the prompt only."""
-        return self.name in SHIFT_SHAPES + ("quantile", "zscore")
+        if self.name == "logmeanexp":
+            return f"logmeanexp:{self.beta:g}"
+        return f"{self.name}:{self.q:g}" if self.q is not None else self.name
 
     @property
     def min_k(self) -> int:
@@ -51,28 +71,39 @@ class Shape:
         return 2 if self.name == "zscore" else 1
 
 
+def _number(spec: str, arg: str, what: str, ok, example: str) -> float:
+    try:
+        value = float(arg)
+    except ValueError:
+        value = float("nan")
+    if not ok(value):
+        raise ValueError(f"--contrastive.shape {spec!r}: {what}. Write it as {example}.")
+    return value
+
+
 def parse_shape(spec: str) -> Shape:
-    """Parse `mean`, `median`, `min`, `max`, `quantile:0.25`, `zscore`, `sigmoid` or `winrate`."""
-    name, _, arg = spec.partition(":")
+    """Parse one of SHAPE_NAMES: `mean`, `quantile:0.25`, `logmeanexp:1`, `logsigmoid`, `logsigmoid:0.9`, ..."""
+    name, colon, arg = spec.partition(":")
     if name == "quantile":
-        try:
-            q = float(arg)
-        except ValueError:
-            q = float("nan")
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(
-                f"--contrastive.shape {spec!r}: the quantile level must be a number in [0, 1]. "
-                "Write it as quantile:Q, for example quantile:0.25."
-            )
-        return Shape("quantile", q)
-    if arg or name not in SHIFT_SHAPES + ("zscore", "sigmoid", "winrate"):
+        q = _number(spec, arg, "the quantile level must be a number in [0, 1]", lambda x: 0.0 <= x <= 1.0,
+                    "quantile:Q, for example quantile:0.25")
+        return Shape("quantile", q=q)
+    if name == "logmeanexp":
+        beta = _number(spec, arg, "the temperature beta must be a positive finite number", lambda x: 0.0 < x < math.inf,
+                       "logmeanexp:BETA, for example logmeanexp:1 (large beta: the mean, small beta: the max)")
+        return Shape("logmeanexp", beta=beta)
+    if name == "logsigmoid" and colon:
+        q = _number(spec, arg, "the reference level must be a number strictly between 0 and 1", lambda x: 0.0 < x < 1.0,
+                    f"logsigmoid:Q, for example logsigmoid:{LOGSIGMOID_LEVEL} (the default)")
+        return Shape("logsigmoid", q=q)
+    if colon or name not in SHIFT_SHAPES + ("zscore", "sigmoid", "winrate", "logsigmoid"):
         raise ValueError(f"--contrastive.shape {spec!r} is not a known shape. Choose one of: {', '.join(SHAPE_NAMES)}.")
     return Shape(name)
 
 
 def cancelling_estimator_reason(shape: Shape, estimator: str) -> str | None:
     """Why `shape` leaves the advantages of `estimator` exactly unchanged, or None when it does not."""
-    if estimator in GROUP_CENTRED_ESTIMATORS and shape.name in SHIFT_SHAPES + ("quantile",):
+    if estimator in GROUP_CENTRED_ESTIMATORS and shape.name in PER_PROMPT_SHIFTS:
         return (
             f"--algo.advantage.estimator {estimator} subtracts the mean reward of each prompt's own rollout group, "
             f"so the per-prompt baseline that --contrastive.shape {shape} subtracts cancels exactly: training "
@@ -88,6 +119,8 @@ def cancelling_estimator_reason(shape: Shape, estimator: str) -> str | None:
 
 def check_finite(values: torch.Tensor, what: str, fix: str) -> None:
     """Raise ValueError naming `what` and `fix` when `values` holds NaN or inf."""
+    import torch
+
     bad = ~torch.isfinite(values)
     if bad.any():
         n = int(bad.sum())
@@ -95,23 +128,35 @@ def check_finite(values: torch.Tensor, what: str, fix: str) -> None:
 
 
 def baseline_statistic(baselines: torch.Tensor, shape: Shape) -> torch.Tensor:
-    """The per-prompt statistic g a shift shape subtracts, from baselines of shape (B, k); returns (B,).
+    """The per-prompt statistic g of baselines (B, k) that the shape compares r with; returns (B,).
 
-    `median` is the midpoint of the two middle values for even k (quantile 0.5 with linear interpolation),
-    not torch.median's lower middle value. For `zscore`, `sigmoid` and `winrate` this is the baseline mean,
-    which is what gets logged as "the baseline".
+    - mean, median, quantile:q, min, max: that statistic. `median` is the midpoint of the two middle values for
+      even k (quantile 0.5 with linear interpolation), not torch.median's lower middle value.
+    - logmeanexp:beta: V* = beta * log mean_j exp(r_j / beta), computed as max_j r_j + beta * log1p(mean_j
+      expm1((r_j - max) / beta)): the logsumexp shift by the max (no overflow as beta -> 0, where V* -> max),
+      with expm1/log1p keeping the digits of the small correction as beta -> inf (where V* -> mean).
+    - logsigmoid:q: the reference mean_j r_j + z_q * std_j r_j (a normal fit, population std; z_0.85 = 1.0364).
+    - zscore, sigmoid, winrate: the baseline mean (what gets logged as "the baseline").
     """
+    import torch
+
     if shape.name in ("mean", "zscore", "sigmoid", "winrate"):
         return baselines.mean(dim=-1)
     if shape.name == "min":
         return baselines.min(dim=-1).values
     if shape.name == "max":
         return baselines.max(dim=-1).values
+    if shape.name == "logmeanexp":
+        top = baselines.max(dim=-1).values
+        return top + shape.beta * torch.log1p(torch.expm1((baselines - top[:, None]) / shape.beta).mean(dim=-1))
+    if shape.name == "logsigmoid":
+        z = statistics.NormalDist().inv_cdf(LOGSIGMOID_LEVEL if shape.q is None else shape.q)
+        return baselines.mean(dim=-1) + z * baselines.std(dim=-1, correction=0)
     q = 0.5 if shape.name == "median" else shape.q
     return torch.quantile(baselines, q, dim=-1)
 
 
-def contrastive_reward(
+def contrastive_value(
     rewards: torch.Tensor, baselines: torch.Tensor, shape: Shape | str = "mean", coef: float = 1.0
 ) -> torch.Tensor:
     """The contrastive value of each reward given its prompt's k baseline rewards.
@@ -119,18 +164,25 @@ def contrastive_reward(
     rewards: (B,) rewards r of the rollouts; baselines: (B, k) baseline rewards r_j of each rollout's prompt.
     Returns (B,) in the dtype of `rewards` promoted to at least float32:
 
-    - shift shapes (mean, median, quantile:q, min, max):  r - coef * g(r_1..r_k)
-    - zscore:   (r - coef * mean_j r_j) / (std_j r_j + ZSCORE_EPS), std with Bessel's correction (k >= 2)
-    - sigmoid:  mean_j sigmoid(r - coef * r_j)                      (bounded in (0, 1))
-    - winrate:  mean_j [1(r > coef * r_j) + 0.5 * 1(r == coef * r_j)] - 0.5   (in [-0.5, 0.5])
+    - per-prompt shifts (mean, median, quantile:q, min, max, logmeanexp:beta):  r - coef * g(r_1..r_k)
+      (g of logmeanexp: A*-PO's V* = beta * log mean_j exp(r_j / beta); see `baseline_statistic`)
+    - zscore:     (r - coef * mean_j r_j) / max(std_j r_j, 1 / sqrt(k)), sample std (Bessel's correction, k >= 2),
+                  floored by `zscore_std_floor` so that k equal baselines give a bounded value
+    - sigmoid:    mean_j sigmoid(r - coef * r_j)                      (bounded in (0, 1); PAR)
+    - winrate:    mean_j [1(r > coef * r_j) + 0.5 * 1(r == coef * r_j)] - 0.5   (ties count half; in [-0.5, 0.5])
+    - logsigmoid: log sigmoid(r - coef * ref), ref = mean_j r_j + z_q * std_j r_j (LSC; q = 0.85 by default)
     """
+    import torch
+    import torch.nn.functional as F
+
     shape = parse_shape(shape) if isinstance(shape, str) else shape
     if rewards.dim() != 1 or baselines.dim() != 2 or baselines.shape[0] != rewards.shape[0]:
         raise ValueError(f"expected rewards (B,) and baselines (B, k), got {tuple(rewards.shape)} and {tuple(baselines.shape)}")
-    if baselines.shape[1] < shape.min_k:
+    k = baselines.shape[1]
+    if k < shape.min_k:
         raise ValueError(
             f"--contrastive.shape {shape} needs at least {shape.min_k} baseline rewards per prompt, the store has "
-            f"{baselines.shape[1]}. Sample more baselines (--contrastive.k) or choose another shape."
+            f"{k}. Sample more baselines (--contrastive.k) or choose another shape."
         )
     dtype = torch.promote_types(rewards.dtype, torch.float32)
     r, b = rewards.to(dtype), baselines.to(dtype)
@@ -138,10 +190,39 @@ def contrastive_reward(
     check_finite(b, "baseline rewards", "Re-run the offline stage; the store should never hold them.")
 
     if shape.name == "zscore":
-        return (r - coef * b.mean(dim=-1)) / (b.std(dim=-1) + ZSCORE_EPS)
+        return (r - coef * b.mean(dim=-1)) / b.std(dim=-1).clamp(min=zscore_std_floor(k))
     if shape.name == "sigmoid":
         return torch.sigmoid(r[:, None] - coef * b).mean(dim=-1)
     if shape.name == "winrate":
         diff = r[:, None] - coef * b
         return (diff > 0).to(dtype).mean(dim=-1) + 0.5 * (diff == 0).to(dtype).mean(dim=-1) - 0.5
+    if shape.name == "logsigmoid":
+        return F.logsigmoid(r - coef * baseline_statistic(b, shape))
     return r - coef * baseline_statistic(b, shape)
+
+
+def contrastive_batch(
+    rewards: torch.Tensor, baselines: torch.Tensor, hit: torch.Tensor, shape: Shape, coef: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The reward to train on and the metrics to log, for a batch whose prompts may miss baselines.
+
+    rewards (B,), baselines (B, k) (any values where `hit` is False), hit (B,) bool: whether the rollout's
+    prompt has baselines. Returns (value, metrics), all (B,) in the dtype of `rewards` promoted to at least
+    float32: value is `contrastive_value` where hit and r itself where not; metrics maps the METRIC_* keys to
+    the baseline statistic (0 where missed), r, the value, r > baseline (beat) and hit, as 0/1 floats.
+    Both OpenRLHF paths call this: the plugin's transform and the unpatched reward function.
+    """
+    import torch
+
+    dtype = torch.promote_types(rewards.dtype, torch.float32)
+    r, b = rewards.to(dtype), baselines.to(dtype)
+    value = torch.where(hit, contrastive_value(r, b, shape, coef), r)
+    baseline = torch.where(hit, baseline_statistic(b, shape), torch.zeros_like(r))
+    metrics = {
+        METRIC_BASELINE: baseline,
+        METRIC_RAW_REWARD: r,
+        METRIC_REWARD: value,
+        METRIC_BEAT_BASELINE: ((r > baseline) & hit).to(dtype),
+        METRIC_HIT: hit.to(dtype),
+    }
+    return value, metrics

@@ -116,7 +116,7 @@ def cat(experiences, name):
 @pytest.mark.parametrize("estimator", ["gae", "reinforce", "flash_reinforce"])
 @pytest.mark.parametrize("shape", ["mean", "median", "sigmoid"])
 def test_advantages_and_returns_equal_openrlhf_on_r_minus_g(tmp_path, baselines, estimator, n, shape):
-    from openrlhf_contrastive.shapes import contrastive_reward
+    from openrlhf_contrastive.shapes import contrastive_value
 
     args = make_args(
         tmp_path, estimator, n,
@@ -129,7 +129,7 @@ def test_advantages_and_returns_equal_openrlhf_on_r_minus_g(tmp_path, baselines,
     expected_input = make_experiences(n)
     for e in expected_input:
         rows = [PROMPTS.index(p) for p in e.prompts]
-        e.rewards = contrastive_reward(e.rewards, torch.from_numpy(baselines[rows]), shape)
+        e.rewards = contrastive_value(e.rewards, torch.from_numpy(baselines[rows]), shape)
     args.reward_fn = None
     expected = run_maker(pristine_experience_maker(), args, expected_input)
 
@@ -237,3 +237,44 @@ def test_rewards_of_shape_b_by_1_from_an_http_reward_server(tmp_path, baselines)
     for name in ("advantages", "returns"):
         torch.testing.assert_close(cat(got, name), cat(flat, name))
     assert all(e.info["contrastive/reward"].shape == (len(e.prompts),) for e in got)
+
+
+BASE_REWARD = '''
+import torch
+
+def reward_func(queries, prompts, labels):
+    """The response is the reward, written out: r = float(query minus prompt)."""
+    return {"rewards": torch.tensor([float(q[len(p):]) for q, p in zip(queries, prompts)])}
+'''
+
+
+@pytest.mark.parametrize("shape", ["mean", "quantile:0.3", "zscore", "winrate", "logmeanexp:0.5", "logsigmoid"])
+def test_patched_and_unpatched_paths_give_identical_values_and_metrics(tmp_path, baselines, shape):
+    """The plugin's transform (patched OpenRLHF) and reward_func.py (stock OpenRLHF) on one batch and one store,
+    including rollouts of a prompt the store lacks (--contrastive.on_missing raw)."""
+    from openrlhf_contrastive.plugin import ContrastiveReward
+    from openrlhf_contrastive.reward_func import UnpatchedContrastiveReward
+
+    store = tmp_path / "store"
+    settings = ["--contrastive.shape", shape, "--contrastive.coef", "0.7", "--contrastive.on_missing", "raw"]
+    args = make_args(tmp_path, "gae", 4, ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(store), *settings])
+    write_store(store, args, PROMPTS[:-1], baselines[:-1])
+    experiences = make_experiences(4, micro_batch=3)
+    prompts = [p for e in experiences for p in e.prompts]
+    rewards = cat(experiences, "rewards")
+
+    ContrastiveReward().transform(experiences, args)
+    patched = {key: torch.cat([e.info[key] for e in experiences]) for key in experiences[0].info if key != "reward"}
+
+    (tmp_path / "base.py").write_text(BASE_REWARD)
+    unpatched = UnpatchedContrastiveReward({
+        "CONTRASTIVE_BASE_REWARD": str(tmp_path / "base.py"), "CONTRASTIVE_BASELINE_PATH": str(store),
+        "CONTRASTIVE_SHAPE": shape, "CONTRASTIVE_COEF": "0.7", "CONTRASTIVE_ON_MISSING": "raw",
+        "CONTRASTIVE_ACCEPT_FINGERPRINT_MISMATCH": "1",
+    })([p + repr(r) for p, r in zip(prompts, rewards.tolist())], prompts, [""] * len(prompts))
+
+    assert sorted(patched) == sorted(unpatched["extra_logs"]) and len(patched) == 5
+    assert patched["contrastive/hit"].tolist() == [1.0] * 16 + [0.0] * 4
+    for key, tensor in patched.items():
+        assert torch.equal(tensor, unpatched["extra_logs"][key]), key
+    assert torch.equal(cat(experiences, "rewards"), unpatched["rewards"])

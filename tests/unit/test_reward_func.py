@@ -14,7 +14,7 @@ import torch
 
 import openrlhf_contrastive.reward_func as module
 from openrlhf_contrastive.fingerprint import identity
-from openrlhf_contrastive.reward_func import ContrastiveRewardFunc
+from openrlhf_contrastive.reward_func import UnpatchedContrastiveReward
 from openrlhf_contrastive.store import StoreError, StoreWriter, prompt_keys
 
 BASE = '''
@@ -46,7 +46,7 @@ def env(base, store, **extra):
 
 def test_file_base_reward_minus_baseline_mean_with_metrics(tmp_path, base_file):
     store = make_store(tmp_path / "s", identity(str(base_file)))
-    func = ContrastiveRewardFunc(env(base_file, store))
+    func = UnpatchedContrastiveReward(env(base_file, store))
     out = func(["p1" + "x" * 30, "p2" + "x" * 5], ["p1", "p2"], [None, None])
     assert torch.allclose(out["rewards"], torch.tensor([3.0 - 2.0, 0.5 - 1.0]))
     assert torch.allclose(out["scores"], torch.tensor([3.0, 0.5]))  # scores stay the base reward
@@ -60,16 +60,16 @@ def test_file_base_reward_minus_baseline_mean_with_metrics(tmp_path, base_file):
 
 def test_shape_coef_and_label_keys_come_from_the_environment(tmp_path, base_file):
     store = make_store(tmp_path / "s", identity(str(base_file)), labels=["a", "b"])
-    func = ContrastiveRewardFunc(env(base_file, store, CONTRASTIVE_SHAPE="max", CONTRASTIVE_COEF="0.5", CONTRASTIVE_LABEL_KEYED="1"))
+    func = UnpatchedContrastiveReward(env(base_file, store, CONTRASTIVE_SHAPE="max", CONTRASTIVE_COEF="0.5", CONTRASTIVE_LABEL_KEYED="1"))
     out = func(["p1" + "x" * 10], ["p1"], ["a"])
     assert out["rewards"].tolist() == [pytest.approx(1.0 - 0.5 * 3.0)]
 
 
 def test_missing_prompts_error_or_keep_r(tmp_path, base_file):
     store = make_store(tmp_path / "s", identity(str(base_file)))
-    with pytest.raises(ValueError, match="'other' has no baselines"):
-        ContrastiveRewardFunc(env(base_file, store))(["otherxx"], ["other"], [None])
-    out = ContrastiveRewardFunc(env(base_file, store, CONTRASTIVE_ON_MISSING="raw"))(["otherxx"], ["other"], [None])
+    with pytest.raises(ValueError, match=r"(?s)1 of 1 rollouts have no baselines.*'other'.*CONTRASTIVE_ON_MISSING=raw"):
+        UnpatchedContrastiveReward(env(base_file, store))(["otherxx"], ["other"], [None])
+    out = UnpatchedContrastiveReward(env(base_file, store, CONTRASTIVE_ON_MISSING="raw"))(["otherxx"], ["other"], [None])
     assert out["rewards"].tolist() == [pytest.approx(0.2)] and out["extra_logs"]["contrastive/hit"].tolist() == [0.0]
 
 
@@ -87,14 +87,14 @@ def test_configuration_errors_name_the_variable_and_the_fix(tmp_path, base_file,
     store = make_store(tmp_path / "s", identity(str(base_file)))
     environ = env(base_file, store, **settings) if settings else {}
     with pytest.raises(error, match=message):
-        ContrastiveRewardFunc(environ)
+        UnpatchedContrastiveReward(environ)
 
 
 def test_a_store_scored_by_another_reward_is_refused_unless_accepted(tmp_path, base_file):
     store = make_store(tmp_path / "s", "sha256:0000000000000000")
     with pytest.raises(StoreError, match="reward: store has"):
-        ContrastiveRewardFunc(env(base_file, store))
-    ContrastiveRewardFunc(env(base_file, store, CONTRASTIVE_ACCEPT_FINGERPRINT_MISMATCH="1"))
+        UnpatchedContrastiveReward(env(base_file, store))
+    UnpatchedContrastiveReward(env(base_file, store, CONTRASTIVE_ACCEPT_FINGERPRINT_MISMATCH="1"))
 
 
 def test_http_base_reward_speaks_openrlhfs_remote_rm_protocol(tmp_path):
@@ -118,7 +118,7 @@ def test_http_base_reward_speaks_openrlhfs_remote_rm_protocol(tmp_path):
     try:
         url = f"http://127.0.0.1:{server.server_port}/get_reward"
         store = make_store(tmp_path / "s", url)
-        out = ContrastiveRewardFunc(env(url, store))(["p1abcd"], ["p1"], [None])
+        out = UnpatchedContrastiveReward(env(url, store))(["p1abcd"], ["p1"], [None])
     finally:
         server.shutdown()
     assert seen == [{"query": ["p1abcd"], "prompts": ["p1"], "labels": [None]}]

@@ -7,11 +7,12 @@ import torch
 
 from openrlhf_contrastive.shapes import (
     GROUP_CENTRED_ESTIMATORS,
-    ZSCORE_EPS,
     baseline_statistic,
     cancelling_estimator_reason,
-    contrastive_reward,
+    contrastive_batch,
+    contrastive_value,
     parse_shape,
+    zscore_std_floor,
 )
 
 R = torch.tensor([1.0, 0.0, 5.0])
@@ -19,10 +20,10 @@ B = torch.tensor([[0.0, 1.0, 2.0, 5.0], [1.0, 1.0, 1.0, 1.0], [4.0, 6.0, 5.0, 5.
 
 
 def value(shape, coef=1.0, r=R, b=B):
-    return contrastive_reward(r, b, shape, coef).tolist()
+    return contrastive_value(r, b, shape, coef).tolist()
 
 
-def test_mean_is_the_papers_contrastive_reward():
+def test_mean_is_the_papers_contrastive_value():
     # means: 2.0, 1.0, 5.0
     assert value("mean") == [-1.0, -1.0, 0.0]
 
@@ -46,13 +47,31 @@ def test_min_max_and_quantiles():
     assert value("quantile:1") == value("max")
 
 
-def test_zscore_uses_the_sample_std():
-    # row 0: mean 2, sample std sqrt(((4+1+0+9)/3)) = sqrt(14/3)
+def test_zscore_uses_the_sample_std_floored_at_one_over_sqrt_k():
+    # row 0: mean 2, sample std sqrt(((4+1+0+9)/3)) = sqrt(14/3) = 2.16, above the floor 1/sqrt(4) = 0.5
     std0 = math.sqrt(14 / 3)
     got = value("zscore")
-    assert got[0] == pytest.approx((1.0 - 2.0) / (std0 + ZSCORE_EPS))
-    # identical baselines: std 0 -> divided by eps only, finite
-    assert got[1] == pytest.approx(-1.0 / ZSCORE_EPS)
+    assert got[0] == pytest.approx((1.0 - 2.0) / std0)
+    # identical baselines: std 0 -> divided by the floor 0.5
+    assert zscore_std_floor(4) == 0.5
+    assert got[1] == pytest.approx(-1.0 / 0.5)
+    # row 2: [4,6,5,5], mean 5, sample std sqrt(2/3) = 0.816
+    assert got[2] == pytest.approx(0.0)
+
+
+def test_zscore_of_equal_0_1_baselines_is_bounded():
+    """Rule-based 0/1 rewards: all k baselines wrong (or all right) is common; the value must stay sane."""
+    k = 8
+    r = torch.tensor([1.0, 0.0, 1.0])
+    b = torch.tensor([[0.0] * k, [1.0] * k, [1.0] * k])
+    got = contrastive_value(r, b, "zscore").tolist()
+    # floor 1/sqrt(8): (1 - 0) * sqrt(8), (0 - 1) * sqrt(8), 0
+    assert got == pytest.approx([math.sqrt(k), -math.sqrt(k), 0.0])
+    # the same as a prompt with one disagreeing baseline would give, at most: 1 of 8 right has sample std 1/sqrt(8)
+    one = torch.tensor([[1.0] + [0.0] * (k - 1)])
+    assert one.std().item() == pytest.approx(zscore_std_floor(k))
+    assert contrastive_value(torch.tensor([1.0]), one, "zscore").item() == pytest.approx((1 - 1 / k) * math.sqrt(k))
+    assert max(abs(x) for x in got) <= math.sqrt(k)
 
 
 def test_sigmoid_is_the_mean_of_sigmoids_of_the_differences():
@@ -67,51 +86,102 @@ def test_winrate_counts_ties_half_and_is_centred():
     assert value("winrate") == [-0.125, -0.5, 0.0]
 
 
+def test_logmeanexp_is_a_star_pos_v_star_between_the_mean_and_the_max():
+    # beta = 1, row 0: log mean exp([0,1,2,5]) = log((1 + e + e^2 + e^5) / 4)
+    v0 = math.log((1 + math.e + math.e**2 + math.e**5) / 4)
+    assert value("logmeanexp:1")[0] == pytest.approx(1.0 - v0, rel=1e-6)
+    # beta = 2: 2 * log mean exp(r_j / 2)
+    v0 = 2 * math.log((1 + math.exp(0.5) + math.e + math.exp(2.5)) / 4)
+    assert value("logmeanexp:2")[0] == pytest.approx(1.0 - v0, rel=1e-6)
+    assert value("logmeanexp:2", coef=0.5)[0] == pytest.approx(1.0 - 0.5 * v0, rel=1e-6)
+    # equal baselines: V* is that value for every beta
+    assert value("logmeanexp:0.3")[1] == pytest.approx(-1.0)
+    # beta -> 0: the max (no overflow); beta -> inf: the mean (no lost digits), in float32
+    assert value("logmeanexp:1e-4") == pytest.approx(value("max"), abs=1e-3)
+    assert value("logmeanexp:1e6") == pytest.approx(value("mean"), abs=1e-5)
+
+
+def test_logsigmoid_against_the_85th_percentile_of_a_normal_fit():
+    # row 0: mean 2, population std sqrt(14/4), z_0.85 = 1.0364334; log sigmoid(x) = -log(1 + e^-x)
+    z = 1.0364333894937898
+    ref0 = 2.0 + z * math.sqrt(14 / 4)
+    got = value("logsigmoid")
+    assert got[0] == pytest.approx(-math.log1p(math.exp(-(1.0 - ref0))), rel=1e-6)
+    # equal baselines: the reference is that value; r = 0 vs 1 -> log sigmoid(-1)
+    assert got[1] == pytest.approx(-math.log1p(math.e), rel=1e-6)
+    # an explicit level and the coefficient: logsigmoid:0.5 is the mean, coef scales it
+    assert value("logsigmoid:0.5", coef=0.5)[0] == pytest.approx(-math.log1p(math.exp(-(1.0 - 0.5 * 2.0))), rel=1e-6)
+    assert all(v < 0 for v in got)  # log sigmoid is negative, bounded above by 0
+    # k = 1: the reference is the single baseline
+    assert contrastive_value(torch.tensor([2.0]), torch.tensor([[2.0]]), "logsigmoid").item() == pytest.approx(math.log(0.5))
+
+
+def test_the_batch_gives_the_value_where_hit_r_where_missed_and_the_five_metrics():
+    hit = torch.tensor([True, False, True])
+    value_, metrics = contrastive_batch(R, B, hit, parse_shape("mean"), 1.0)
+    assert value_.tolist() == [-1.0, 0.0, 0.0]  # row 1 missed: r itself
+    assert metrics["contrastive/reward"] is value_
+    assert metrics["contrastive/baseline"].tolist() == [2.0, 0.0, 5.0]
+    assert metrics["contrastive/raw_reward"].tolist() == R.tolist()
+    assert metrics["contrastive/beat_baseline"].tolist() == [0.0, 0.0, 0.0]
+    assert metrics["contrastive/hit"].tolist() == [1.0, 0.0, 1.0]
+    assert contrastive_batch(R.to(torch.bfloat16), B, hit, parse_shape("mean"), 1.0)[0].dtype == torch.float32
+
+
 def test_k_equal_one():
     b = torch.tensor([[2.0], [3.0]])
     r = torch.tensor([1.0, 3.0])
-    assert contrastive_reward(r, b, "mean").tolist() == [-1.0, 0.0]
-    assert contrastive_reward(r, b, "median").tolist() == [-1.0, 0.0]
-    assert contrastive_reward(r, b, "winrate").tolist() == [-0.5, 0.0]
+    assert contrastive_value(r, b, "mean").tolist() == [-1.0, 0.0]
+    assert contrastive_value(r, b, "median").tolist() == [-1.0, 0.0]
+    assert contrastive_value(r, b, "winrate").tolist() == [-0.5, 0.0]
     with pytest.raises(ValueError, match="at least 2 baseline rewards"):
-        contrastive_reward(r, b, "zscore")
+        contrastive_value(r, b, "zscore")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_rewards_and_baselines_are_refused(bad):
     with pytest.raises(ValueError, match="1 of 3 rewards are NaN or infinite"):
-        contrastive_reward(torch.tensor([1.0, bad, 0.0]), B, "mean")
+        contrastive_value(torch.tensor([1.0, bad, 0.0]), B, "mean")
     b = B.clone()
     b[2, 1] = bad
     with pytest.raises(ValueError, match="baseline rewards are NaN or infinite"):
-        contrastive_reward(R, b, "mean")
+        contrastive_value(R, b, "mean")
 
 
 def test_dtype_is_promoted_to_at_least_float32():
-    assert contrastive_reward(R.to(torch.bfloat16), B, "mean").dtype == torch.float32
-    assert contrastive_reward(R.double(), B, "mean").dtype == torch.float64
+    assert contrastive_value(R.to(torch.bfloat16), B, "mean").dtype == torch.float32
+    assert contrastive_value(R.double(), B, "mean").dtype == torch.float64
+
+
+def test_shapes_print_as_written():
+    for spec in ["mean", "quantile:0.25", "logmeanexp:0.5", "logsigmoid", "logsigmoid:0.9", "zscore"]:
+        assert str(parse_shape(spec)) == spec
 
 
 def test_baseline_statistic_matches_the_shift():
-    for spec in ["mean", "median", "min", "max", "quantile:0.3"]:
+    for spec in ["mean", "median", "min", "max", "quantile:0.3", "logmeanexp:0.7"]:
         shape = parse_shape(spec)
-        assert torch.allclose(R - baseline_statistic(B, shape), contrastive_reward(R, B, shape))
+        assert torch.allclose(R - baseline_statistic(B, shape), contrastive_value(R, B, shape))
 
 
-@pytest.mark.parametrize("spec", ["avg", "quantile", "quantile:1.5", "quantile:x", "mean:2", ""])
+@pytest.mark.parametrize(
+    "spec",
+    ["avg", "quantile", "quantile:1.5", "quantile:x", "mean:2", "", "logmeanexp", "logmeanexp:0", "logmeanexp:-1",
+     "logmeanexp:inf", "logsigmoid:1", "logsigmoid:0", "logsigmoid:x"],
+)
 def test_unknown_shapes_are_refused_with_the_choices(spec):
     with pytest.raises(ValueError, match="--contrastive.shape"):
         parse_shape(spec)
 
 
 @pytest.mark.parametrize("estimator", GROUP_CENTRED_ESTIMATORS)
-@pytest.mark.parametrize("spec", ["mean", "median", "min", "max", "quantile:0.9"])
+@pytest.mark.parametrize("spec", ["mean", "median", "min", "max", "quantile:0.9", "logmeanexp:1"])
 def test_shift_shapes_cancel_under_group_centred_estimators(spec, estimator):
     assert "cancels exactly" in cancelling_estimator_reason(parse_shape(spec), estimator)
 
 
 @pytest.mark.parametrize("estimator", ["gae", "reinforce", "flash_reinforce"])
-@pytest.mark.parametrize("spec", ["mean", "zscore", "sigmoid", "winrate"])
+@pytest.mark.parametrize("spec", ["mean", "zscore", "sigmoid", "winrate", "logmeanexp:1", "logsigmoid"])
 def test_nothing_cancels_under_estimators_without_a_group_baseline(spec, estimator):
     assert cancelling_estimator_reason(parse_shape(spec), estimator) is None
 
@@ -120,7 +190,7 @@ def test_zscore_cancels_only_under_group_norm_and_nonlinear_shapes_never():
     zscore = parse_shape("zscore")
     assert cancelling_estimator_reason(zscore, "group_norm") is not None
     assert cancelling_estimator_reason(zscore, "rloo") is None
-    for spec in ["sigmoid", "winrate"]:
+    for spec in ["sigmoid", "winrate", "logsigmoid", "logsigmoid:0.5"]:
         for estimator in GROUP_CENTRED_ESTIMATORS:
             assert cancelling_estimator_reason(parse_shape(spec), estimator) is None
 
@@ -141,12 +211,12 @@ def test_the_cancellation_table_is_true_numerically():
     rows_b = b.repeat_interleave(4, dim=0)
 
     def shaped(spec):
-        return contrastive_reward(r.reshape(-1), rows_b, spec).reshape(3, 4)
+        return contrastive_value(r.reshape(-1), rows_b, spec).reshape(3, 4)
 
-    for spec in ["mean", "median", "quantile:0.2", "min", "max"]:
+    for spec in ["mean", "median", "quantile:0.2", "min", "max", "logmeanexp:0.5"]:
         assert torch.allclose(_group_centre(shaped(spec)), _group_centre(r))
         assert torch.allclose(_group_norm(shaped(spec)), _group_norm(r))
     assert torch.allclose(_group_norm(shaped("zscore")), _group_norm(r), atol=1e-6)
     assert not torch.allclose(_group_centre(shaped("zscore")), _group_centre(r))
-    for spec in ["sigmoid", "winrate"]:
+    for spec in ["sigmoid", "winrate", "logsigmoid"]:
         assert not torch.allclose(_group_norm(shaped(spec)), _group_norm(r))
