@@ -57,7 +57,11 @@ def identity(name_or_path: str | None) -> str | None:
 
 
 def reward_sources(args) -> list[str]:
-    """The reward model path(s), or the remote URL(s) / reward-function file(s), as train_ppo_ray gets them."""
+    """The agent file, or the remote URL(s) / reward-function file(s), or the reward model path(s), as train_ppo_ray
+    uses them (an agent gives the reward itself; otherwise a remote reward replaces the reward model)."""
+    agent = getattr(args.train, "agent_func_path", None)
+    if agent:
+        return [agent]
     remote = args.reward.remote_url
     if remote:
         return list(remote) if isinstance(remote, (list, tuple)) else str(remote).split(",")
