@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from openrlhf_contrastive.backends import check_rewards, default_backend
+from openrlhf_contrastive.backends import DriverStrategy, check_rewards, default_backend
 from openrlhf_contrastive.checks import (
     InputError,
     check_chat_template_date,
@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]):
     """train_ppo_ray-style nested args (openrlhf.utils.config.hierarchize), normalised as train_ppo_ray does."""
+    flat, ignored = build_parser().parse_known_args(argv)  # --help answers here, before openrlhf is imported
     from openrlhf.utils.config import hierarchize
 
-    flat, ignored = build_parser().parse_known_args(argv)
     flags = [a for a in ignored if a.startswith("--")]
     if flags:
         logger.warning("openrlhf-contrastive sample ignores these flags (they do not change baselines): %s", " ".join(flags))
@@ -246,16 +246,14 @@ def check_store_matches(args) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """`openrlhf-contrastive sample`: parse, build prompts, start the backend, run the stage, shut down."""
-    from openrlhf_contrastive.backends.openrlhf import StageStrategy
-
-    from openrlhf.utils.utils import get_tokenizer
-
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from openrlhf.utils.utils import get_tokenizer  # after parsing: --help and flag errors answer at once
+
     # Everything that can be wrong with the prompts is found before an engine or a GPU is started.
     tokenizer = get_tokenizer(args.actor.model_name_or_path, None, "left", None, use_fast=not args.data.disable_fast_tokenizer)
     check_chat_template_date(args, tokenizer)
     check_store_matches(args)
-    prompts, labels = build_prompts(args, tokenizer, StageStrategy(args))
+    prompts, labels = build_prompts(args, tokenizer, DriverStrategy(args))
     backend_name = args.contrastive.backend or default_backend()
     if backend_name == "hf":
         from openrlhf_contrastive.backends.hf import HFBackend
