@@ -51,7 +51,8 @@ def bench_vllm(tmp, policy, opts):
     from openrlhf.trainer.ray.vllm_engine import create_vllm_engines
     from openrlhf.utils.utils import get_tokenizer
 
-    from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend, StageStrategy
+    from openrlhf_contrastive.backends import DriverStrategy
+    from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
     from openrlhf_contrastive.plugin import ContrastiveReward
     from openrlhf_contrastive.stage import build_prompts, parse_args, run_stage
 
@@ -63,7 +64,7 @@ def bench_vllm(tmp, policy, opts):
         engines = create_vllm_engines(1, 1, str(policy), 42, False, False, True, 128, None, 0.05, False, None,
                                       remote_rm_url=[str(tmp / "reward.py")])
         tokenizer = get_tokenizer(str(policy), None, "left", None)
-        strategy = StageStrategy(args)
+        strategy = DriverStrategy(args)
         prompts, labels = build_prompts(args, tokenizer, strategy)
         params = SamplingParams(temperature=1.0, top_p=1.0, top_k=-1, max_tokens=opts.max_new_tokens, min_tokens=1,
                                 skip_special_tokens=False)
@@ -109,15 +110,15 @@ def bench_hf(tmp, policy, opts):
 
     from openrlhf_contrastive.backends.hf import HFBackend
     from openrlhf_contrastive.stage import build_prompts, parse_args, run_stage
-    from openrlhf_contrastive.backends.openrlhf import StageStrategy
+    from openrlhf_contrastive.backends import DriverStrategy
     from openrlhf_contrastive.store import prompt_keys
-    from openrlhf_contrastive.tiny import build_reward_model
+    from openrlhf_contrastive.demo.tiny import build_reward_model
 
     rm = build_reward_model(tmp / "rm")
     args = parse_args(stage_flags(tmp, policy, ["--reward.model_name_or_path", str(rm)], tmp / "store_hf", opts)
                       + ["--contrastive.backend", "hf"])
     backend = HFBackend(args)
-    prompts, labels = build_prompts(args, backend.tokenizer, StageStrategy(args))
+    prompts, labels = build_prompts(args, backend.tokenizer, DriverStrategy(args))
     keys = prompt_keys(prompts).tolist()
     size = args.contrastive.chunk_size
 
@@ -145,7 +146,7 @@ def main():
     if opts.smoke:
         opts.prompts, opts.max_new_tokens = 12, 8
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    from openrlhf_contrastive.tiny import build_policy
+    from openrlhf_contrastive.demo.tiny import build_policy
 
     tmp = Path(tempfile.mkdtemp())
     policy = build_policy(tmp / "policy")

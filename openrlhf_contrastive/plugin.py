@@ -17,6 +17,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from openrlhf_contrastive import stage
 from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 from openrlhf_contrastive.flags import METRIC_REWARD, add_contrastive_args
 from openrlhf_contrastive.shapes import cancelling_estimator_reason, contrastive_batch, parse_shape
@@ -51,7 +52,7 @@ class ContrastiveReward:
         if reason:
             raise SystemExit(
                 f"{reason}. Use --algo.advantage.estimator gae (the paper's PPO), reinforce or flash_reinforce, or a "
-                "non-linear shape (--contrastive.shape sigmoid or winrate), or drop --reward_fn contrastive."
+                "non-linear shape (--contrastive.shape sigmoid, winrate or logsigmoid), or drop --reward_fn contrastive."
             )
         if settings.k < 1:
             raise SystemExit(f"--contrastive.k must be at least 1, got {settings.k}.")
@@ -89,9 +90,7 @@ class ContrastiveReward:
         if dataset is not None:
             keys = prompt_keys(dataset.prompts, dataset.labels if args.data.label_key else None)
             if self._stage_needed(args, keys):
-                from openrlhf_contrastive.stage import run_in_job
-
-                run_in_job(trainer)
+                stage.run_in_job(trainer)
                 self.store = None
         self.load(args)
         if keys is not None:

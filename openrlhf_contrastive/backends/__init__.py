@@ -16,7 +16,25 @@ reward-function file) or from a reward-model Ray actor group (`RewardModelActor`
 `get_llm_for_sequence_regression` reward model or from --reward.remote_url through OpenRLHF's own executor.
 """
 
+import logging
+
 from openrlhf_contrastive.flags import BACKENDS  # noqa: F401  (re-exported: the stage's choices)
+
+logger = logging.getLogger(__name__)
+
+
+class DriverStrategy:
+    """The few DeepspeedStrategy members that OpenRLHF's SamplesGenerator, blending_datasets and PromptDataset
+    read (args, print, is_rank_0), for a process that drives them without DeepSpeed (`sample`, both backends)."""
+
+    def __init__(self, args):
+        self.args = args
+
+    def print(self, *msg):
+        logger.info(" ".join(str(m) for m in msg))
+
+    def is_rank_0(self) -> bool:
+        return True
 
 
 def default_backend() -> str:
@@ -26,8 +44,9 @@ def default_backend() -> str:
     return "openrlhf" if importlib.util.find_spec("vllm") is not None else "hf"
 
 
-def remote_reward_urls(args) -> list[str] | None:
-    """--reward.remote_url as train_ppo_ray passes it on (a list), or None when a reward model scores."""
+def remote_reward_sources(args) -> list[str] | None:
+    """--reward.remote_url as train_ppo_ray passes it on (a list of HTTP URLs or reward-function files), or None
+    when a reward model scores."""
     remote = args.reward.remote_url
     if not remote:
         return None

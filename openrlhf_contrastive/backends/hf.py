@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from openrlhf_contrastive.backends import remote_reward_urls
+from openrlhf_contrastive.backends import remote_reward_sources
 from openrlhf_contrastive.fingerprint import baseline_temperature
 
 
@@ -33,7 +33,7 @@ class HFBackend:
             args.actor.model_name_or_path, self.policy, "left", None, use_fast=not args.data.disable_fast_tokenizer
         )
         self.reward_batch_size = reward_batch_size
-        self.remote_urls = remote_reward_urls(args)
+        self.remote_urls = remote_reward_sources(args)
         self.reward_model = self.executor = None
         if self.remote_urls:
             from openrlhf.utils.agent import SingleTurnAgentExecutor

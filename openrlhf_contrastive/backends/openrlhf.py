@@ -16,23 +16,10 @@ import contextlib
 import itertools
 import logging
 
-from openrlhf_contrastive.backends import remote_reward_urls, rewards_from_rollout_actor, stage_seed
+from openrlhf_contrastive.backends import DriverStrategy, remote_reward_sources, rewards_from_rollout_actor, stage_seed
 from openrlhf_contrastive.fingerprint import baseline_temperature
 
 logger = logging.getLogger(__name__)
-
-
-class StageStrategy:
-    """What SamplesGenerator, blending_datasets and PromptDataset read from a DeepspeedStrategy, for the driver."""
-
-    def __init__(self, args):
-        self.args = args
-
-    def print(self, *msg):
-        logger.info(" ".join(str(m) for m in msg))
-
-    def is_rank_0(self) -> bool:
-        return True
 
 
 def engines_run_on_cpu(engines) -> bool:
@@ -61,7 +48,7 @@ class OpenRLHFBackend:
         self.engines = vllm_engines
         self.tokenizer = tokenizer
         self.reward_model_group = reward_model_group
-        self.generator = samples_generator or SamplesGenerator(StageStrategy(args), None, None, tokenizer, vllm_engines)
+        self.generator = samples_generator or SamplesGenerator(DriverStrategy(args), None, None, tokenizer, vllm_engines)
         self.owned = list(owned)  # Ray actors this backend started (standalone), killed by close()
         self.num_generations = 0
         self.num_tokens = 0
@@ -88,7 +75,7 @@ class OpenRLHFBackend:
         from openrlhf.utils.utils import get_tokenizer
 
         num_engines = args.vllm.num_engines or 1
-        remote = remote_reward_urls(args)
+        remote = remote_reward_sources(args)
         needed = num_engines * args.vllm.tensor_parallel_size
         if not rewards_from_rollout_actor(args):
             needed += args.reward.num_nodes * args.reward.num_gpus_per_node

@@ -8,6 +8,8 @@ see cpu_training/cpu_device.py):
     raw            no --reward_fn
     first          --reward_fn contrastive, no store yet: the in-job stage writes it, then PPO trains
     second         --reward_fn contrastive on that store: no baselines are generated
+    agent          --reward_fn contrastive with --train.agent_func_path (a small agent of ours gives the reward):
+                   the in-job stage scores the baselines through the same agent executor as the rollouts
 
 Checked: the contrastive metrics reach tensorboard; `second` and `raw` start from the same seeds, so their first
 PPO step scores the same rollouts: same raw reward, and returns lower by exactly the logged baseline (r - b);
@@ -32,6 +34,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 HERE = Path(__file__).parent
 LAUNCH = HERE.parent.parent / "cpu_training" / "launch.py"
 REWARD_FILE = HERE / "reward_func_text.py"
+AGENT_FILE = HERE / "agent_text.py"
 REPO = HERE.parent.parent
 RUN_TIMEOUT_S = int(os.environ.get("E2E_RUN_TIMEOUT_S", "900"))
 
@@ -80,9 +83,17 @@ def contrastive_flags(store: Path) -> list[str]:
 
 
 def launch(work: Path, name: str, extra: list[str]) -> dict:
-    """Run train_ppo_ray through the CPU launcher; return its tensorboard scalars {tag: {step: value}}."""
+    """Run train_ppo_ray through the CPU launcher; return its tensorboard scalars {tag: {step: value}}.
+
+    With --train.agent_func_path in `extra`, the agent replaces the reward-function file (as in OpenRLHF's agent
+    examples, which pass no --reward.remote_url).
+    """
     out = work / name
     out.mkdir()
+    flags = train_flags(work, out)
+    if "--train.agent_func_path" in extra:
+        at = flags.index("--reward.remote_url")
+        del flags[at : at + 2]
     env = dict(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))  # DeepSpeed's JIT comm op
     env.setdefault("VLLM_CACHE_ROOT", str(REPO / ".cache" / "vllm"))
@@ -92,7 +103,7 @@ def launch(work: Path, name: str, extra: list[str]) -> dict:
     with open(log, "w") as f:
         # Own session: every process of the run (Ray, workers, vLLM engine cores) is killed with it afterwards.
         proc = subprocess.Popen(
-            [sys.executable, str(LAUNCH), *train_flags(work, out), *extra],
+            [sys.executable, str(LAUNCH), *flags, *extra],
             cwd=out, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
@@ -125,7 +136,7 @@ def store_files(store: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from openrlhf_contrastive.tiny import build_policy, build_reward_model
+    from openrlhf_contrastive.demo.tiny import build_policy, build_reward_model
 
     work = tmp_path_factory.mktemp("train_ppo_ray_cpu")
     build_policy(work / "policy")
@@ -137,7 +148,9 @@ def runs(tmp_path_factory):
     first = launch(work, "first", contrastive_flags(store))
     stored = store_files(store)
     second = launch(work, "second", contrastive_flags(store))
-    return {"raw": raw, "first": first, "second": second, "store": store, "stored": stored}
+    agent = launch(work, "agent", contrastive_flags(work / "agent_baselines") + ["--train.agent_func_path", str(AGENT_FILE)])
+    return {"raw": raw, "first": first, "second": second, "store": store, "stored": stored, "agent": agent,
+            "agent_store": work / "agent_baselines"}
 
 
 def test_contrastive_metrics_reach_tensorboard(runs):
@@ -182,3 +195,19 @@ def test_returns_move_by_the_baseline_against_an_identical_raw_run(runs):
     baseline = con["train/contrastive/baseline"][STEP1]
     assert baseline != pytest.approx(0.0, abs=1e-3)
     assert con["train/return"][STEP1] == pytest.approx(raw["train/return"][STEP1] - baseline, abs=ATOL)
+
+
+def test_agent_rewards_feed_the_in_job_stage_and_the_contrastive_value(runs):
+    from openrlhf_contrastive.store import BaselineStore
+
+    store = BaselineStore.load(runs["agent_store"])
+    assert store.k == K and len(store) == len(QUESTIONS)
+    assert store.fingerprint["info"]["reward_sources"] == [str(AGENT_FILE)]
+    # The agent pays at most 1 per turn and at most two turns: baselines and rollouts are the agent's rewards.
+    assert ((store.rewards >= 0) & (store.rewards <= 2)).all() and store.rewards.std() > 0
+    scalars = runs["agent"]
+    for step in STEPS:
+        assert 0 <= scalars["train/contrastive/raw_reward"][step] <= 2
+        assert scalars["train/contrastive/reward"][step] == pytest.approx(
+            scalars["train/contrastive/raw_reward"][step] - scalars["train/contrastive/baseline"][step], abs=ATOL
+        )

@@ -58,6 +58,6 @@ def test_example_flags_parse(script, tmp_path, monkeypatch):
             args = build_parser().parse_args(argv)
             assert getattr(args, "contrastive.baseline_path")
         else:
-            from openrlhf_contrastive.demo import build_parser
+            from openrlhf_contrastive.demo.run import build_parser
 
             build_parser().parse_args(argv)

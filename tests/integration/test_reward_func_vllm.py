@@ -34,7 +34,7 @@ def test_contrastive_reward_through_openrlhfs_rollout_actor(tmp_path):
     import openrlhf_contrastive.reward_func as reward_func_module
     from openrlhf_contrastive.fingerprint import identity
     from openrlhf_contrastive.store import StoreWriter, prompt_keys
-    from openrlhf_contrastive.tiny import build_policy
+    from openrlhf_contrastive.demo.tiny import build_policy
 
     policy = build_policy(tmp_path / "policy")
     base = tmp_path / "base_reward.py"

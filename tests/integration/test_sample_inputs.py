@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from openrlhf_contrastive.tiny import build_policy
+    from openrlhf_contrastive.demo.tiny import build_policy
 
     tmp = tmp_path_factory.mktemp("inputs")
     prompts = tmp / "prompts.jsonl"

@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.gpu]
 def test_sample_with_reward_model_actor_group(tmp_path):
     from openrlhf_contrastive import stage
     from openrlhf_contrastive.store import BaselineStore
-    from openrlhf_contrastive.tiny import build_policy, build_reward_model
+    from openrlhf_contrastive.demo.tiny import build_policy, build_reward_model
 
     policy, rm = build_policy(tmp_path / "policy"), build_reward_model(tmp_path / "rm")
     with open(tmp_path / "p.jsonl", "w") as f:
@@ -31,7 +31,7 @@ def test_sample_with_reward_model_actor_group(tmp_path):
 def test_gpu_engines_are_seeded_so_chunking_and_order_do_not_change_baselines(tmp_path):
     from openrlhf_contrastive import stage
     from openrlhf_contrastive.store import BaselineStore
-    from openrlhf_contrastive.tiny import build_policy
+    from openrlhf_contrastive.demo.tiny import build_policy
 
     policy = build_policy(tmp_path / "policy")
     (tmp_path / "reward.py").write_text(

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from openrlhf_contrastive.tiny import build_policy, build_reward_model
+    from openrlhf_contrastive.demo.tiny import build_policy, build_reward_model
 
     tmp = tmp_path_factory.mktemp("hf")
     prompts = tmp / "prompts.jsonl"

@@ -47,7 +47,7 @@ def cluster(tmp_path_factory):
     from openrlhf.trainer.ray.vllm_engine import create_vllm_engines
     from openrlhf.utils.utils import get_tokenizer
 
-    from openrlhf_contrastive.tiny import build_policy, build_reward_model
+    from openrlhf_contrastive.demo.tiny import build_policy, build_reward_model
 
     tmp = tmp_path_factory.mktemp("vllm")
     policy, rm = build_policy(tmp / "policy"), build_reward_model(tmp / "rm")
@@ -73,10 +73,10 @@ def backend_for(cluster, args, **kw):
 
 
 def prompts_of(args, tokenizer):
-    from openrlhf_contrastive.backends.openrlhf import StageStrategy
+    from openrlhf_contrastive.backends import DriverStrategy
     from openrlhf_contrastive.stage import build_prompts
 
-    return build_prompts(args, tokenizer, StageStrategy(args))
+    return build_prompts(args, tokenizer, DriverStrategy(args))
 
 
 def test_stage_writes_store_and_rerun_generates_nothing(cluster, tmp_path):
@@ -130,7 +130,7 @@ def test_store_keys_equal_training_experience_prompts(cluster, tmp_path, templat
     from openrlhf.datasets.utils import blending_datasets
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
-    from openrlhf_contrastive.backends.openrlhf import StageStrategy
+    from openrlhf_contrastive.backends import DriverStrategy
     from openrlhf_contrastive.stage import run_stage
     from openrlhf_contrastive.store import BaselineStore, prompt_keys
 
@@ -142,7 +142,7 @@ def test_store_keys_equal_training_experience_prompts(cluster, tmp_path, templat
     args.vllm.enable_sleep = False
 
     # Training's side: prepare_datasets' PromptDataset behind a dataloader, and OpenRLHF's SamplesGenerator.
-    strategy = StageStrategy(args)
+    strategy = DriverStrategy(args)
     data = blending_datasets(args.data.prompt_dataset, None, strategy, 42, max_count=args.data.max_samples)
     dataset = PromptDataset(data, cluster.tokenizer, strategy, input_template=args.data.input_template)
     loader = DataLoader(dataset, batch_size=1, collate_fn=dataset.collate_fn)
@@ -166,13 +166,13 @@ def test_reward_model_group_interface_on_cpu(cluster, tmp_path):
     from openrlhf.models import get_llm_for_sequence_regression
     from openrlhf.trainer.ray.launcher import BaseModelActor, RayActorGroup
 
-    from openrlhf_contrastive.backends.openrlhf import StageStrategy
+    from openrlhf_contrastive.backends import DriverStrategy
     from openrlhf_contrastive.stage import run_stage
     from openrlhf_contrastive.store import BaselineStore
 
     class CPURewardModelActor(BaseModelActor):  # RewardModelActor's init and forward, on CPU without DeepSpeed
         def init_model_from_pretrained(self, args, pretrain):
-            self.strategy = StageStrategy(args)
+            self.strategy = DriverStrategy(args)
             self.model = get_llm_for_sequence_regression(
                 pretrain, "reward", normalize_reward=args.reward.normalize_enable, attn_implementation="sdpa",
                 value_head_prefix=args.ds.value_head_prefix).float().eval()
@@ -207,13 +207,13 @@ def test_plugin_setup_runs_stage_in_job_once(cluster, tmp_path, monkeypatch):
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
     from openrlhf_contrastive import stage
-    from openrlhf_contrastive.backends.openrlhf import StageStrategy
+    from openrlhf_contrastive.backends import DriverStrategy
     from openrlhf_contrastive.plugin import ContrastiveReward
     from openrlhf_contrastive.store import BaselineStore
 
     args = stage_args(tmp_path, cluster.policy, cluster.reward_file, write_prompts(tmp_path / "p.jsonl", 7), tmp_path / "s")
     args.contrastive.shape, args.contrastive.on_missing = "mean", "error"
-    strategy = StageStrategy(args)
+    strategy = DriverStrategy(args)
     data = blending_datasets(args.data.prompt_dataset, None, strategy, 42, max_count=args.data.max_samples)
     dataset = PromptDataset(data, cluster.tokenizer, strategy, input_template=None)
     trainer = SimpleNamespace(

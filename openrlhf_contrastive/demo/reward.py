@@ -1,6 +1,6 @@
 """The demo's reward: a transparent heuristic, as an OpenRLHF reward-function file (`--reward.remote_url <this file>`).
 
-Every demo prompt (`openrlhf_contrastive/data/demo_prompts.jsonl`) carries a `keywords` label: concepts a good
+Every demo prompt (`openrlhf_contrastive/demo/data/prompts.jsonl`) carries a `keywords` label: concepts a good
 answer mentions, separated by `|`, each a `/`-separated list of accepted spellings (`"red|green|blue"`,
 `"seven/7"`). The reward of a response is
 
