@@ -34,7 +34,10 @@ from openrlhf_contrastive.checks import (
     check_contrastive_args,
     check_sample_inputs,
 )
+from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
+from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 from openrlhf_contrastive.flags import BACKENDS, add_contrastive_args, add_train_ppo_ray_args
+from openrlhf_contrastive.store import HEADER, BaselineStore, StoreWriter, compare_fingerprints, prompt_key, read_header
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +106,6 @@ def unique_prompts(prompts, labels, label_keyed: bool):
 
     `texts` are what the store keeps for each key: the prompt, plus NUL and the label when labels are keyed.
     """
-    from openrlhf_contrastive.store import prompt_key
-
     seen, out = set(), ([], [], [], [])
     for prompt, label in zip(prompts, labels):
         key = prompt_key(prompt, label if label_keyed else None)
@@ -147,9 +148,6 @@ def penalised_rewards(experiences, args, k: int):
 def run_stage(args, backend, prompts, labels, log=print) -> dict:
     """Sample, score, penalise and store the baselines of every prompt the store does not hold yet."""
     from tqdm import tqdm
-
-    from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
-    from openrlhf_contrastive.store import StoreWriter
 
     start = time.time()
     k = args.contrastive.k
@@ -195,8 +193,6 @@ def summarize(args, log, prompts: int, duplicates: int, already: int, generation
     """The stage's summary (returned and logged): counts, the store's reward distribution, throughput."""
     import numpy as np
 
-    from openrlhf_contrastive.store import BaselineStore
-
     store = BaselineStore.load(args.contrastive.baseline_path)
     k, new = args.contrastive.k, prompts - already
     summary = {
@@ -225,8 +221,6 @@ def summarize(args, log, prompts: int, duplicates: int, already: int, generation
 
 def run_in_job(trainer) -> dict:
     """The stage inside train_ppo_ray, on the trainer's own vLLM engines and reward group (start of fit)."""
-    from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
-
     args = trainer.args
     check_chat_template_date(args, trainer.tokenizer)  # also refused at parse time (check_args); here for the record
     dataset = trainer.prompts_dataloader.dataset
@@ -235,9 +229,6 @@ def run_in_job(trainer) -> dict:
 
 def check_store_matches(args) -> None:
     """An existing store at --contrastive.baseline_path was made under this command's settings (before models load)."""
-    from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
-    from openrlhf_contrastive.store import HEADER, compare_fingerprints, read_header
-
     if (Path(args.contrastive.baseline_path) / HEADER).exists():
         header = read_header(args.contrastive.baseline_path)
         expected = training_fingerprint(args, args.contrastive.k, baseline_temperature(args))
@@ -260,8 +251,6 @@ def main(argv: list[str] | None = None) -> dict:
 
         backend = HFBackend(args)
     else:
-        from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
-
         backend = OpenRLHFBackend.from_args(args)
     try:
         return run_stage(args, backend, prompts, labels)

@@ -9,7 +9,6 @@ form: with gamma = lambda = 1 and no KL, every action token's return is the samp
 import importlib.util
 import math
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
