@@ -7,7 +7,7 @@ recorded figure is the direct one: the median time of the plugin's transform cal
 patch adds) as a fraction of the median compute_advantages_and_returns time without the plugin. The
 side-by-side difference is printed too.
 
-    PYTHONPATH=tests/support:tests/helpers .venv/bin/python benchmarks/bench_transform.py [--smoke]
+    PYTHONPATH=tests/support .venv/bin/python benchmarks/bench_transform.py [--smoke]
 """
 
 import argparse
@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tests" / "helpers")]
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "cpu_training")]
 from openrlhf_cli import parse_train_args  # noqa: E402
 from results import record  # noqa: E402
 

@@ -2,7 +2,8 @@
 
 openrlhf's wheel installs a top-level `tests` package, so this folder is never imported as `tests`
 (pytest runs with --import-mode=importlib and there is no tests/__init__.py). pytest's own `pythonpath`
-setting (pyproject.toml) puts tests/support (the flash_attn stand-in) and tests/helpers on this process's path.
+setting (pyproject.toml) puts tests/support (the flash_attn stand-in) and cpu_training/ (for openrlhf_cli.py, the
+real train_ppo_ray argument handling) on this process's path.
 """
 
 import os

@@ -1,6 +1,6 @@
 """Every launch script in examples/ parses with the parser that will run it, so no example rots.
 
-train_ppo_ray commands go through the real, patched train_ppo_ray argument handling (tests/helpers/openrlhf_cli.py:
+train_ppo_ray commands go through the real, patched train_ppo_ray argument handling (cpu_training/openrlhf_cli.py:
 parse, validate, the plugin's check_args, stop at get_strategy); `openrlhf-contrastive sample` commands through
 the stage's parser, `openrlhf-contrastive demo` through the demo's, all strictly (an unknown flag fails).
 """

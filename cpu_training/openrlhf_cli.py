@@ -1,4 +1,6 @@
-"""Run the real `openrlhf.cli.train_ppo_ray` argument handling and capture the final args.
+"""TEST-ONLY: run the real `openrlhf.cli.train_ppo_ray` argument handling and capture the final args.
+
+Shared by the tests (tests/integration: the parser, the examples, the transform) and the transform benchmark.
 
 train_ppo_ray builds its parser under `if __name__ == "__main__":`, parses, validates, calls the plugin's
 check_args and then `train(args)`, whose first step is `get_strategy(args)`. Running the module with runpy
