@@ -15,8 +15,10 @@ HEAVY = ["ray", "vllm", "deepspeed", "openrlhf", "torch", "transformers"]
 
 
 def test_import_openrlhf_contrastive_imports_nothing_heavy():
+    """Also the shapes (parsed with the flags) and the reward-function file: torch comes only when values are computed."""
     code = (
-        "import sys, json; import openrlhf_contrastive, openrlhf_contrastive.plugin, openrlhf_contrastive.cli; "
+        "import sys, json; import openrlhf_contrastive, openrlhf_contrastive.plugin, openrlhf_contrastive.cli, "
+        "openrlhf_contrastive.shapes, openrlhf_contrastive.reward_func; "
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
