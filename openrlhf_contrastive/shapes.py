@@ -46,7 +46,8 @@ def zscore_std_floor(k: int) -> float:
     That is the sample std of k 0/1 rewards of which exactly one differs, the smallest non-zero spread k
     rule-based baselines can show. A prompt whose k baselines all agree (common with 0/1 rewards, where the std
     is 0) is scored as if one of them had disagreed: |value| <= sqrt(k) * max(1, coef) for 0/1 rewards instead of
-    values like 1e4. On reward-model scales (per-prompt stds around 1) the floor is rarely reached.
+    values like 1e4. With a reward model it acts only on prompts whose baselines spread less than 1/sqrt(k) in
+    reward units: their centred reward is multiplied by at most sqrt(k) instead of 1/std.
     """
     return k**-0.5
 
