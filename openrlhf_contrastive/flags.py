@@ -65,6 +65,53 @@ def add_contrastive_args(parser: argparse.ArgumentParser) -> None:
         "--contrastive.accept_fingerprint_mismatch", action="store_true", default=False,
         help="Use a store whose provenance (policy, reward, prompt or sampling settings) differs from this run's.",
     )
+    group.add_argument(
+        "--contrastive.keep_responses", action="store_true", default=False,
+        help="Offline stage: also keep the k response texts per prompt (JSON lines in the store), for "
+        "`openrlhf-contrastive evaluate --eval.judge`, second rewards on the baselines and `rescore`.",
+    )
+
+
+def add_eval_args(parser: argparse.ArgumentParser) -> None:
+    """Declare the --eval.* flags of `openrlhf-contrastive evaluate` (the rest are `sample`'s flags)."""
+    group = parser.add_argument_group("evaluation against the stored SFT baselines (openrlhf-contrastive evaluate)")
+    group.add_argument(
+        "--eval.n", type=int, default=4,
+        help="Responses sampled per prompt from the policy under test (--actor.model_name_or_path), with the store's "
+        "sampling settings.",
+    )
+    group.add_argument(
+        "--eval.output_dir", type=str, default="evaluation",
+        help="Where evaluation.json, evaluation.png and samples.jsonl (the policy's responses and rewards) are written.",
+    )
+    group.add_argument(
+        "--eval.reward.remote_url", type=str, action="append", default=None,
+        help="A second reward (HTTP reward server or reward-function .py file) scoring the same policy responses and, "
+        "when the store keeps them, the same baseline responses. Repeat the flag for several.",
+    )
+    group.add_argument(
+        "--eval.reward.model_name_or_path", type=str, action="append", default=None,
+        help="A second reward model (OpenRLHF reward checkpoint), scored in this process on one device. Repeatable.",
+    )
+    group.add_argument(
+        "--eval.judge", type=str, default=None,
+        help="A .py file defining judge(prompts, responses_a, responses_b) -> probabilities that a is better: win rate "
+        "of the policy against the stored SFT responses (positions swapped on every other pair). Needs a store "
+        "written with --contrastive.keep_responses.",
+    )
+    group.add_argument(
+        "--eval.top", type=int, default=5, help="Prompts listed as most improved and most degraded.",
+    )
+
+
+def add_rescore_args(parser: argparse.ArgumentParser) -> None:
+    """Declare the --rescore.* flags of `openrlhf-contrastive rescore` (the reward flags are train_ppo_ray's)."""
+    group = parser.add_argument_group("re-scoring kept baseline responses (openrlhf-contrastive rescore)")
+    group.add_argument(
+        "--rescore.output_path", type=str, default=None,
+        help="Directory of the new store: the same prompts and kept responses as --contrastive.baseline_path, scored "
+        "with the --reward.* flags given here (resumable like the stage).",
+    )
 
 
 # The flags of train_ppo_ray that decide which prompts, policy, reward and sampling the baselines come from

@@ -57,14 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str]):
-    """train_ppo_ray-style nested args (openrlhf.utils.config.hierarchize), normalised as train_ppo_ray does."""
-    flat, ignored = build_parser().parse_known_args(argv)  # --help answers here, before openrlhf is imported
+def parse_args(argv: list[str], parser: argparse.ArgumentParser | None = None):
+    """train_ppo_ray-style nested args (openrlhf.utils.config.hierarchize), normalised as train_ppo_ray does.
+
+    `parser` is `build_parser()` or one extending it (`evaluate`, `rescore`); messages name its command.
+    """
+    parser = parser or build_parser()
+    flat, ignored = parser.parse_known_args(argv)  # --help answers here, before openrlhf is imported
     from openrlhf.utils.config import hierarchize
 
     flags = [a for a in ignored if a.startswith("--")]
     if flags:
-        logger.warning("openrlhf-contrastive sample ignores these flags (they do not change baselines): %s", " ".join(flags))
+        logger.warning("%s ignores these flags (they do not change baselines): %s", parser.prog, " ".join(flags))
     args = hierarchize(flat)
     if args.reward.remote_url:
         args.reward.remote_url = args.reward.remote_url.split(",")
@@ -76,7 +80,7 @@ def parse_args(argv: list[str]):
     if not (args.reward.model_name_or_path or args.reward.remote_url or args.train.agent_func_path):
         missing.append("--reward.model_name_or_path, --reward.remote_url or --train.agent_func_path")
     if missing:
-        raise InputError(f"openrlhf-contrastive sample needs {', '.join(missing)} (the same values as for training).")
+        raise InputError(f"{parser.prog} needs {', '.join(missing)} (the same values as for training).")
     if args.train.agent_func_path and (args.contrastive.backend or default_backend()) == "hf":
         raise InputError(
             f"--train.agent_func_path {args.train.agent_func_path}: the agent runs inside OpenRLHF's vLLM rollout actors, "

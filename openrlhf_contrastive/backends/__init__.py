@@ -103,3 +103,53 @@ def check_rewards(experiences, args) -> None:
             f"exactly one finite reward, as in training; nothing of this chunk was written.{hint} Fix the reward "
             "source and rerun: finished prompts are kept."
         )
+
+
+def response_texts(experiences, tokenizer, k: int) -> list[list[str]]:
+    """The response text of each Experience, k per prompt: (prompts) lists of k strings, prompt-major.
+
+    A response is every token after the prompt (from the first action token on: an agent's turns included),
+    decoded with special tokens kept (the end-of-sequence token marks a response that stopped by itself), as
+    OpenRLHF's rollout actor decodes the query it sends to a reward function. `experiences_from_texts` is the
+    inverse.
+    """
+    texts = []
+    for e in experiences:
+        actions = e.action_mask[0].nonzero()
+        start = int(actions[0]) + 1 if len(actions) else e.sequences.shape[1]
+        texts.append(tokenizer.decode(e.sequences[0, start:].tolist(), skip_special_tokens=False))
+    return [texts[i : i + k] for i in range(0, len(texts), k)]
+
+
+def experiences_from_texts(tokenizer, prompts, labels, responses, max_len: int):
+    """One Experience per response text (responses: a list of k strings per prompt), prompt-major, for scoring
+    kept responses again without generating: prompt and response tokenized apart (as the rollout actor tokenizes
+    the prompt), truncated to `max_len`; a response not ending with the end-of-sequence token counts as truncated.
+
+    A reward function reads the same query text as when the response was sampled; a reward model reads the
+    re-tokenized text, whose tokens can differ from the sampled ones where the policy sampled a non-canonical
+    tokenization.
+    """
+    import torch
+
+    from openrlhf.trainer.ppo_utils.experience import Experience
+
+    experiences = []
+    for prompt, label, texts in zip(prompts, labels, responses):
+        prompt_ids = tokenizer(text=prompt, add_special_tokens=False)["input_ids"]
+        for text in texts:
+            response_ids = tokenizer(text=text, add_special_tokens=False)["input_ids"]
+            tokens = (prompt_ids + response_ids)[:max_len]
+            n_resp = len(tokens) - len(prompt_ids)
+            experiences.append(Experience(
+                sequences=torch.tensor([tokens]),
+                attention_mask=torch.ones(1, len(tokens), dtype=torch.long),
+                action_mask=torch.tensor([[0] * (len(prompt_ids) - 1) + [1] * n_resp]),
+                response_length=torch.tensor([n_resp]),
+                truncated=torch.tensor([not text.endswith(tokenizer.eos_token)]),
+                total_length=torch.tensor([float(len(tokens))]),
+                prompts=[prompt],
+                labels=[label],
+                info={},
+            ))
+    return experiences

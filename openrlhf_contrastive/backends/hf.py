@@ -19,7 +19,9 @@ from openrlhf_contrastive.fingerprint import baseline_temperature
 
 
 class HFBackend:
-    def __init__(self, args, device: str | None = None, reward_batch_size: int = 16):
+    def __init__(self, args, device: str | None = None, reward_batch_size: int = 16, generate: bool = True):
+        """`generate=False`: a scorer only (no policy weights loaded; the policy's tokenizer still is), for scoring
+        kept responses again (`rescore`, second rewards in `evaluate`)."""
         from transformers import AutoModelForCausalLM
 
         from openrlhf.utils.utils import get_tokenizer
@@ -27,8 +29,10 @@ class HFBackend:
         self.args = args
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.policy = AutoModelForCausalLM.from_pretrained(args.actor.model_name_or_path, dtype=dtype).to(self.device)
-        self.policy.eval()
+        self.policy = None
+        if generate:
+            self.policy = AutoModelForCausalLM.from_pretrained(args.actor.model_name_or_path, dtype=dtype).to(self.device)
+            self.policy.eval()
         self.tokenizer = get_tokenizer(
             args.actor.model_name_or_path, self.policy, "left", None, use_fast=not args.data.disable_fast_tokenizer
         )
