@@ -14,19 +14,26 @@ from openrlhf_contrastive.store import StoreError
 def _patch(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="openrlhf-contrastive patch",
-        description="Add the generic --reward_fn extension point to the openrlhf installed in this Python "
-        f"environment (openrlhf {patching.SUPPORTED_OPENRLHF} only). Run it once per environment, on every node.",
+        description="Add the generic --reward_fn extension point to the openrlhf installed in this Python environment "
+        f"(verified on openrlhf {', '.join(patching.KNOWN_RELEASES)}; another release is patched only when every hunk "
+        "finds its context, with a warning). Run it once per environment, on every node.",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="say whether openrlhf is patched; exit 1 when it is not")
     mode.add_argument("--revert", action="store_true", help="restore openrlhf's files byte for byte")
+    parser.add_argument(
+        "--site-packages", metavar="DIR", default=None,
+        help="the directory holding openrlhf/ and its .dist-info (default: where this Python imports openrlhf from)",
+    )
     args = parser.parse_args(argv)
     try:
+        found = patching.plan(args.site_packages)
+        if found.warning() and not args.revert:
+            print(found.warning(), file=sys.stderr)
         if args.check:
-            state = patching.check()
-            print(f"openrlhf {patching.SUPPORTED_OPENRLHF} at {patching.site_packages_of_openrlhf()}: {state}")
-            return 0 if state == "patched" else 1
-        print(patching.revert() if args.revert else patching.apply())
+            print(f"{found.install}: {found.state}")
+            return 0 if found.state == "patched" else 1
+        print(patching.revert(args.site_packages) if args.revert else patching.apply(args.site_packages))
         return 0
     except patching.PatchError as e:
         print(f"openrlhf-contrastive patch: {e}", file=sys.stderr)

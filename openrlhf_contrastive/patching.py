@@ -1,9 +1,16 @@
-"""Apply, check and revert `patches/openrlhf-<version>.diff` on the openrlhf installed in this environment.
+"""Apply, check and revert OpenRLHF's `--reward_fn` extension point (`patches/openrlhf-0.11.2.diff`) on an installed openrlhf.
 
-The diff adds OpenRLHF's generic `--reward_fn` extension point. Each file's state is decided against the
-sha256 that openrlhf's own wheel RECORD lists for it: pristine (hash matches), patched (reverting our hunks
-gives the pristine hash) or modified by something else (refused, nothing is written). Applying twice is a
-no-op; reverting restores the files byte for byte.
+One diff, written against openrlhf 0.11.2, serves every release that has the hook points: each hunk is placed
+where its context lines are, nearest the line number the diff gives (as `patch` applies a hunk with an offset),
+and a context found twice is refused rather than guessed. KNOWN_RELEASES are the releases the tests apply,
+check and revert it on, each from its own wheel.
+
+Each file's state is decided against the sha256 that the installed openrlhf's own RECORD lists for it:
+pristine (the hash matches), patched (un-applying our hunks gives the hash) or modified by something else
+(refused, nothing is written). Everything is computed in memory before anything is written, so a patch that
+does not fit (an openrlhf without the hook points) is a dry run that fails and leaves the files as they were.
+On a release outside KNOWN_RELEASES the patch is applied when that dry run succeeds, with a warning. Applying
+twice is a no-op; reverting restores the files byte for byte.
 """
 
 from __future__ import annotations
@@ -16,45 +23,65 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-SUPPORTED_OPENRLHF = "0.11.2"
-PATCH_FILE = Path(__file__).parent / "patches" / f"openrlhf-{SUPPORTED_OPENRLHF}.diff"
+KNOWN_RELEASES = ("0.10.4", "0.11.0", "0.11.1", "0.11.2")
+RECOMMENDED = KNOWN_RELEASES[-1]
+PATCH_FILE = Path(__file__).parent / "patches" / f"openrlhf-{RECOMMENDED}.diff"
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+_WHEEL_DATA = re.compile(r"^[^/]+\.data/(?:purelib|platlib)/")  # RECORD paths of an unpacked, not installed, wheel
 
 
 class PatchError(RuntimeError):
-    """The installed openrlhf cannot be patched or reverted safely."""
+    """The openrlhf at hand cannot be patched or reverted safely."""
+
+
+@dataclass
+class Hunk:
+    old_start: int  # 1-based first line in openrlhf 0.11.2's file (0: the file is new)
+    new_start: int  # the same in the patched file
+    body: list[str]  # the diff's lines with their ' ', '-' or '+' tag
+
+    def sides(self, reverse: bool) -> tuple[list[str], list[str], int]:
+        """The lines to find, the lines to put in their place, and where the diff expects them (0-based)."""
+        drop, add = ("+", "-") if reverse else ("-", "+")
+        find = [line[1:] for line in self.body if line[0] in (" ", drop)]
+        put = [line[1:] for line in self.body if line[0] in (" ", add)]
+        start = self.new_start if reverse else self.old_start
+        return find, put, start - 1 if find else start  # a pure insertion goes after line `start`
 
 
 @dataclass
 class FilePatch:
     path: str  # relative to site-packages, e.g. openrlhf/trainer/ppo_trainer.py
     new_file: bool
-    hunks: list[tuple[int, list[str]]]  # (first old line, 1-based; diff body lines with their ' '/'-'/'+' tag)
+    hunks: list[Hunk]
 
     def apply(self, text: str, reverse: bool = False) -> str:
-        """`text` with the hunks applied (or un-applied); PatchError when a context line does not match."""
-        drop, add = ("+", "-") if reverse else ("-", "+")
-        lines = _lines(text)
-        out, pos = [], 0
-        for start, body in self.hunks:
-            old = [line[1:] for line in body if line[0] in (" ", drop)]
-            new = [line[1:] for line in body if line[0] in (" ", add)]
-            at = start - 1 if old else start  # a pure insertion is anchored after line `start`
-            if reverse:
-                at = self._new_start(start)
-            if lines[at : at + len(old)] != old:
-                raise PatchError(f"{self.path}: hunk at line {start} does not match the installed file")
-            out += lines[pos:at] + new
-            pos = at + len(old)
-        return "".join(out + lines[pos:])
+        """`text` with the hunks applied (or un-applied); PatchError when a hunk's lines are not in `text`."""
+        return self.apply_with_offsets(text, reverse)[0]
 
-    def _new_start(self, old_start: int) -> int:
-        shift = 0
-        for start, body in self.hunks:
-            if start == old_start:
-                break
-            shift += sum(line[0] == "+" for line in body) - sum(line[0] == "-" for line in body)
-        return max(old_start - 1, 0) + shift
+    def apply_with_offsets(self, text: str, reverse: bool = False) -> tuple[str, list[int]]:
+        """The patched text and, per hunk, how many lines from the diff's line number it was found."""
+        lines = _lines(text)
+        out, pos, shift, offsets = [], 0, 0, []
+        for number, hunk in enumerate(self.hunks, 1):
+            find, put, expected = hunk.sides(reverse)
+            at = self._locate(lines, find, pos, expected + shift, number)
+            offsets.append(at - expected)
+            shift = at - expected  # later hunks of a shifted file are likely shifted alike
+            out += lines[pos:at] + put
+            pos = at + len(find)
+        return "".join(out + lines[pos:]), offsets
+
+    def _locate(self, lines: list[str], find: list[str], pos: int, guess: int, number: int) -> int:
+        if not find:
+            return min(max(guess, pos), len(lines))
+        found = [i for i in range(pos, len(lines) - len(find) + 1) if lines[i : i + len(find)] == find]
+        if len(found) != 1:
+            where = "nowhere" if not found else f"{len(found)} times (lines {', '.join(str(i + 1) for i in found)})"
+            raise PatchError(
+                f"{self.path}: the lines of hunk {number} (near line {guess + 1}: {find[0].strip()!r} ...) occur {where}"
+            )
+        return found[0]
 
 
 def _lines(text: str) -> list[str]:
@@ -81,108 +108,181 @@ def parse_diff(text: str) -> list[FilePatch]:
                 if not lines[i].startswith("\\"):
                     body.append(lines[i] if lines[i] != "\n" else " \n")
                 i += 1
-            patches[-1].hunks.append((int(m.group(1)), body))
+            patches[-1].hunks.append(Hunk(int(m.group(1)), int(m.group(3)), body))
         else:
             i += 1
     return patches
 
 
 def site_packages_of_openrlhf() -> Path:
+    """The directory this Python imports openrlhf from."""
     spec = importlib.util.find_spec("openrlhf")
     if spec is None or not spec.submodule_search_locations:
         raise PatchError(
             "openrlhf is not installed in this Python environment "
             f"({importlib.util.find_spec('openrlhf_contrastive').origin}). Install it first: "
-            f"pip install openrlhf[vllm]=={SUPPORTED_OPENRLHF}, then run `openrlhf-contrastive patch`."
+            f"pip install openrlhf[vllm]=={RECOMMENDED}, then run `openrlhf-contrastive patch`."
         )
     return Path(list(spec.submodule_search_locations)[0]).parent
 
 
-def _check_version() -> str:
-    version = importlib.metadata.version("openrlhf")
-    if version != SUPPORTED_OPENRLHF:
-        raise PatchError(
-            f"The installed openrlhf is {version}; this openrlhf-contrastive carries a patch for openrlhf "
-            f"{SUPPORTED_OPENRLHF} only. The patch edits exact lines of OpenRLHF's trainer, so applying it to another "
-            f"release could break training silently. Install openrlhf=={SUPPORTED_OPENRLHF} "
-            "(pip install openrlhf[vllm]==0.11.2) or an openrlhf-contrastive release made for your openrlhf."
-        )
-    return version
+@dataclass
+class Install:
+    """An installed openrlhf: where, which release, and the sha256 its wheel's RECORD gives each file."""
 
+    root: Path  # the directory holding openrlhf/ and openrlhf-<version>.dist-info/
+    version: str
+    record: dict[str, str]  # path relative to root -> urlsafe base64 sha256, as RECORD writes it
 
-def _record_hashes() -> dict[str, str]:
-    hashes = {}
-    for file in importlib.metadata.files("openrlhf") or []:
-        if file.hash is not None and file.hash.mode == "sha256":
-            hashes[str(file).split(".data/purelib/")[-1]] = file.hash.value
-    return hashes
+    @classmethod
+    def find(cls, site_packages: Path | str | None = None) -> Install:
+        root = site_packages_of_openrlhf() if site_packages is None else Path(site_packages)
+        if not (root / "openrlhf").is_dir():
+            raise PatchError(
+                f"{root} holds no openrlhf package. Pass the site-packages directory that holds openrlhf/ and its "
+                "openrlhf-<version>.dist-info/, or leave it out to patch the openrlhf this Python imports."
+            )
+        dist = next(iter(importlib.metadata.distributions(name="openrlhf", path=[str(root)])), None)
+        if dist is None:
+            raise PatchError(
+                f"{root} holds openrlhf/ but no openrlhf-*.dist-info with its RECORD, so there is no release hash to "
+                "tell its files from edited ones (an editable or source-tree openrlhf?). Install openrlhf from a "
+                f"wheel (pip install openrlhf[vllm]=={RECOMMENDED}) and run `openrlhf-contrastive patch` again."
+            )
+        record = {}
+        for file in dist.files or []:
+            if file.hash is not None and file.hash.mode == "sha256":
+                record[_WHEEL_DATA.sub("", str(file))] = file.hash.value
+        return cls(root, dist.version, record)
+
+    @property
+    def known(self) -> bool:
+        return self.version in KNOWN_RELEASES
+
+    def __str__(self) -> str:
+        return f"openrlhf {self.version} at {self.root}"
 
 
 def _sha256_b64(text: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
 
 
-def _plan(action: str) -> tuple[dict[Path, str | None], str]:
-    """What `action` ("apply" or "revert") would write ({path: new text, None = delete}) and the current state."""
-    _check_version()
-    root = site_packages_of_openrlhf()
-    pristine_hashes = _record_hashes()
-    states, writes = {}, {}
+@dataclass
+class FileState:
+    state: str  # "pristine" or "patched"
+    pristine: str | None  # the release's text (None: a file the patch adds)
+    patched: str
+    offsets: list[int]  # per hunk, lines between the diff's position and where its context was found
+
+
+@dataclass
+class Plan:
+    """What the patch finds in an install and what applying or reverting it writes (nothing is written yet)."""
+
+    install: Install
+    files: dict[str, FileState]  # path relative to install.root -> its state and both texts
+
+    @property
+    def state(self) -> str:
+        kinds = {file.state for file in self.files.values()}
+        return kinds.pop() if len(kinds) == 1 else "partially patched"
+
+    def writes(self, action: str) -> dict[Path, str | None]:
+        """{file: text to write, None = delete} for "apply" or "revert"; files already in that state are left alone."""
+        goal = "patched" if action == "apply" else "pristine"
+        return {
+            self.install.root / path: file.patched if action == "apply" else file.pristine
+            for path, file in self.files.items()
+            if file.state != goal
+        }
+
+    def warning(self) -> str | None:
+        """For a release outside KNOWN_RELEASES: what the dry run found and what to check."""
+        if self.install.known:
+            return None
+        moved = [f"{Path(path).name} {off:+d}" for path, file in self.files.items() for off in file.offsets if off]
+        return (
+            f"WARNING: openrlhf {self.install.version} is not a release this patch was verified on "
+            f"({', '.join(KNOWN_RELEASES)}). Every hunk of the patch finds its context lines there"
+            f"{' (offsets: ' + ', '.join(moved) + ')' if moved else ''}, but OpenRLHF may have changed what happens "
+            "around the hook points. Check a short run (the plugin's metrics appear in the training logs), or "
+            f"install a verified release: pip install openrlhf[vllm]=={RECOMMENDED}. "
+            "`openrlhf-contrastive patch --revert` restores the files byte for byte."
+        )
+
+
+def plan(site_packages: Path | str | None = None) -> Plan:
+    """Read the install and the diff, decide each file's state and compute both texts; PatchError when unsafe."""
+    install = Install.find(site_packages)
+    files, modified, misfits = {}, [], []
     for fp in parse_diff(PATCH_FILE.read_text()):
-        target = root / fp.path
+        target = install.root / fp.path
+        current = target.read_bytes().decode() if target.exists() else None
+        release_hash = install.record.get(fp.path)
         if fp.new_file:
-            patched_text = fp.apply("")
-            current = target.read_bytes().decode() if target.exists() else None
-            state = "pristine" if current is None else "patched" if current == patched_text else "modified"
-            pristine_text = None
-        else:
-            current = target.read_bytes().decode()
-            if _sha256_b64(current) == pristine_hashes.get(fp.path):
-                state, pristine_text, patched_text = "pristine", current, fp.apply(current)
+            ours = fp.apply("")
+            if current is None or current == ours:
+                files[fp.path] = FileState("pristine" if current is None else "patched", None, ours, [0])
             else:
-                try:
-                    pristine_text = fp.apply(current, reverse=True)
-                except PatchError:
-                    pristine_text = None
-                ok = pristine_text is not None and _sha256_b64(pristine_text) == pristine_hashes.get(fp.path)
-                state, patched_text = ("patched", current) if ok else ("modified", None)
-        states[fp.path] = state
-        if state == "modified":
-            continue
-        writes[target] = patched_text if action == "apply" else pristine_text
-    modified = [path for path, state in states.items() if state == "modified"]
+                modified.append(f"{fp.path} (exists and is not the file this patch adds)")
+        elif current is None or release_hash is None:
+            modified.append(f"{fp.path} ({'missing' if current is None else 'not listed in the RECORD'})")
+        elif _sha256_b64(current) == release_hash:
+            try:
+                patched, offsets = fp.apply_with_offsets(current)
+            except PatchError as e:
+                misfits.append(str(e))
+                continue
+            assert fp.apply(patched, reverse=True) == current, f"{fp.path}: the patch does not revert to the release"
+            files[fp.path] = FileState("pristine", current, patched, offsets)
+        else:
+            try:
+                pristine, offsets = fp.apply_with_offsets(current, reverse=True)
+            except PatchError:
+                pristine = None
+            if pristine is not None and _sha256_b64(pristine) == release_hash:
+                files[fp.path] = FileState("patched", pristine, current, offsets)
+            else:
+                modified.append(fp.path)
     if modified:
         raise PatchError(
-            f"These openrlhf files under {root} differ from both the openrlhf {SUPPORTED_OPENRLHF} release and its "
-            f"patched form: {', '.join(modified)}. Something else edited them, so the patch cannot be applied or "
-            f"reverted safely. Reinstall openrlhf (pip install --force-reinstall --no-deps openrlhf=={SUPPORTED_OPENRLHF}) "
-            "and run `openrlhf-contrastive patch` again."
+            f"These files of {install} differ from both the openrlhf {install.version} release (the sha256 in its "
+            f"RECORD) and its patched form: {', '.join(modified)}. Something else edited them, so the patch cannot be "
+            f"applied or reverted safely. Reinstall openrlhf (pip install --force-reinstall --no-deps "
+            f"openrlhf=={install.version}) and run `openrlhf-contrastive patch` again."
         )
-    kinds = set(states.values())
-    return writes, kinds.pop() if len(kinds) == 1 else "partially patched"
+    if misfits:
+        raise PatchError(
+            f"{install} lacks the hook points the --reward_fn patch needs; a dry run found: {'; '.join(misfits)}. "
+            f"Nothing was written. The patch is verified on openrlhf {', '.join(KNOWN_RELEASES)}: install one of "
+            f"them (pip install openrlhf[vllm]=={RECOMMENDED}), or an openrlhf-contrastive release made for "
+            f"openrlhf {install.version}."
+        )
+    return Plan(install, files)
 
 
-def check() -> str:
-    """'patched', 'pristine' or 'partially patched'; PatchError for an unsupported or modified openrlhf."""
-    return _plan("apply")[1]
+def check(site_packages: Path | str | None = None) -> str:
+    """'patched', 'pristine' or 'partially patched'; PatchError for a modified or unpatchable openrlhf."""
+    return plan(site_packages).state
 
 
-def apply() -> str:
-    """Patch the installed openrlhf; returns what was done."""
-    writes, state = _plan("apply")
-    if state == "patched":
-        return f"openrlhf {SUPPORTED_OPENRLHF} at {site_packages_of_openrlhf()} is already patched; nothing to do"
+def apply(site_packages: Path | str | None = None) -> str:
+    """Patch the openrlhf in `site_packages` (default: the one this Python imports); returns what was done."""
+    found = plan(site_packages)
+    if found.state == "patched":
+        return f"{found.install} is already patched; nothing to do"
+    writes = found.writes("apply")
     _write(writes)
-    return f"patched openrlhf {SUPPORTED_OPENRLHF} at {site_packages_of_openrlhf()} ({len(writes)} files)"
+    return f"patched {found.install} ({len(writes)} files)"
 
 
-def revert() -> str:
-    """Restore the installed openrlhf files byte for byte; returns what was done."""
-    writes, state = _plan("revert")
-    if state == "pristine":
-        return f"openrlhf {SUPPORTED_OPENRLHF} at {site_packages_of_openrlhf()} is not patched; nothing to do"
-    _write(writes)
-    return f"reverted the patch on openrlhf {SUPPORTED_OPENRLHF} at {site_packages_of_openrlhf()}"
+def revert(site_packages: Path | str | None = None) -> str:
+    """Restore the openrlhf files byte for byte; returns what was done."""
+    found = plan(site_packages)
+    if found.state == "pristine":
+        return f"{found.install} is not patched; nothing to do"
+    _write(found.writes("revert"))
+    return f"reverted the patch on {found.install}"
 
 
 def _write(writes: dict[Path, str | None]) -> None:
