@@ -191,6 +191,51 @@ def test_each_known_release_applies_checks_and_reverts_from_its_own_wheel(tmp_pa
     assert patching.check(site) == "pristine"
 
 
+RECORDER = '''
+class Recorder:
+    """Records the rewards the transform hook receives."""
+
+    seen = []
+
+    def transform(self, experiences, args):
+        type(self).seen += [experience.rewards.clone() for experience in experiences]
+'''
+
+
+@pytest.mark.parametrize("version", patching.KNOWN_RELEASES)
+def test_the_transform_gets_float32_rewards_with_penalties_on_every_release(tmp_path, monkeypatch, version):
+    """Releases before 0.11.2 apply the length penalties in the reward's own dtype; the patch promotes first."""
+    import torch
+    from openrlhf.trainer.ppo_utils.experience import Experience
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+    from openrlhf_cli import parse_train_args
+
+    site = release_site_packages(version, tmp_path / "site")
+    patching.apply(site)
+    module_name = f"recorder_{version.replace('.', '_')}"
+    (tmp_path / f"{module_name}.py").write_text(RECORDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    maker_module = type(sys)(f"experience_maker_{module_name}")  # this release's patched file, on the venv's openrlhf
+    source = (site / "openrlhf/trainer/ppo_utils/experience_maker.py").read_text()
+    exec(compile(source, maker_module.__name__, "exec"), maker_module.__dict__)
+    args = parse_train_args([
+        "--reward_fn", f"{module_name}:Recorder", "--rollout.n_samples_per_prompt", "2",
+        "--reward.overlong_buffer_len", "2", "--rollout.max_new_tokens", "6",
+    ])
+    rewards = torch.tensor([3.14159, 2.71828, -1.41421, 0.57721], dtype=torch.bfloat16)
+    experience = Experience(
+        action_mask=torch.ones(4, 6, dtype=torch.bool), kl=torch.zeros(4, 6), values=torch.zeros(4, 6),
+        rewards=rewards.clone(), index=[0, 1, 2, 3], prompts=["a", "a", "b", "b"], labels=[""] * 4,
+        info={"reward": rewards.clone()}, response_length=torch.tensor([6, 3, 6, 3]),
+    )
+    maker = maker_module.RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), SimpleNamespace(args=args), None)
+    maker.compute_advantages_and_returns([experience])
+    (seen,) = sys.modules[module_name].Recorder.seen
+    overlong = torch.tensor([-1.0, 0.0, -1.0, 0.0])  # 6 of at most 6 new tokens, buffer 2: the full penalty
+    assert seen.dtype == torch.float32
+    assert torch.equal(seen, rewards.float() + overlong)  # -2.4140625, where bfloat16 arithmetic gives -2.40625
+
+
 def test_an_unknown_release_is_patched_by_context_with_a_warning(copy):
     metadata = copy / DIST_INFO.name / "METADATA"
     metadata.write_text(metadata.read_text().replace("Version: 0.11.2", "Version: 0.11.3"))
