@@ -60,3 +60,13 @@ demo: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The evidence experiment (benchmarks/evidence/README.md): contrastive vs raw-reward PPO under a noisy proxy reward,
+# through the real train_ppo_ray on CPU. Resumable: finished arm x seed runs are skipped. Results:
+# benchmarks/evidence/results.json, results_table.md, evidence.png; runs under .cache/evidence/full.
+.PHONY: evidence evidence-smoke
+evidence: venv
+	PYTHONPATH=tests/support $(PY) benchmarks/evidence/run.py
+
+evidence-smoke: venv
+	PYTHONPATH=tests/support $(PY) benchmarks/evidence/run.py --smoke
