@@ -6,6 +6,7 @@ Three kinds of openrlhf trees are patched here, never the venv itself (it stays 
 - every release in patching.KNOWN_RELEASES, unpacked from its own wheel as pip installs it (the wheel is
   downloaded once into .cache/openrlhf-wheels with `pip download`, then reused);
 - the venv's copy again, relabelled as a release the patch does not know.
+The hook contract (openrlhf/utils/reward_fn.py as patched into the venv) is tested at the end.
 """
 
 import ast
@@ -165,6 +166,31 @@ def hook_function(source, needle):
     return place
 
 
+FLAG_PLUGIN = '''
+import openrlhf
+
+
+class Scaled:
+    """Adds one flag and checks it: proves add_args and check_args run in the release's own train_ppo_ray."""
+
+    def add_args(self, parser):
+        parser.add_argument("--scaled.scale", type=float, default=1.0)
+
+    def check_args(self, args):
+        print(f"check_args saw scale {args.scaled.scale} from {openrlhf.__path__[0].rsplit('/', 1)[0]}")
+'''
+
+
+def parse_with_release(site, workdir):
+    """The release's patched train_ppo_ray (first on PYTHONPATH) parses --reward_fn with a plugin of one flag."""
+    (workdir / "scaled_plugin.py").write_text(FLAG_PLUGIN)
+    path = [str(site), str(workdir), str(REPO / "cpu_training"), os.environ.get("PYTHONPATH", "")]
+    code = ("from openrlhf_cli import parse_train_args; "
+            "parse_train_args(['--reward_fn', 'scaled_plugin:Scaled', '--scaled.scale', '3'])")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(path)))
+
+
 @pytest.mark.parametrize("version", patching.KNOWN_RELEASES)
 def test_each_known_release_applies_checks_and_reverts_from_its_own_wheel(tmp_path, version):
     site = release_site_packages(version, tmp_path)
@@ -185,6 +211,8 @@ def test_each_known_release_applies_checks_and_reverts_from_its_own_wheel(tmp_pa
     at = next(i for i, line in enumerate(maker) if "self.reward_fn.transform" in line)
     assert maker[at - 2].strip() == "apply_length_penalties(experiences, args)"  # right after the length penalties
     assert "already patched" in patching.apply(site)
+    parsed = parse_with_release(site, tmp_path)
+    assert parsed.returncode == 0 and f"check_args saw scale 3.0 from {site}" in parsed.stdout, parsed.stderr[-3000:]
 
     assert patching.revert(site) == f"reverted the patch on openrlhf {version} at {site}"
     assert snapshot(site) == pristine and not (site / NEW).exists()
