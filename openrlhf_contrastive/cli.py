@@ -28,8 +28,9 @@ def _patch(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         found = patching.plan(args.site_packages)
-        if found.warning() and not args.revert:
-            print(found.warning(), file=sys.stderr)
+        warning = found.warning()  # a release outside patching.KNOWN_RELEASES
+        if warning and not args.revert:
+            print(warning, file=sys.stderr)
         if args.check:
             print(f"{found.install}: {found.state}")
             return 0 if found.state == "patched" else 1

@@ -1,9 +1,9 @@
 """Apply, check and revert OpenRLHF's `--reward_fn` extension point (`patches/openrlhf-0.11.2.diff`) on an installed openrlhf.
 
-One diff, written against openrlhf 0.11.2, serves every release that has the hook points: each hunk is placed
-where its context lines are, nearest the line number the diff gives (as `patch` applies a hunk with an offset),
-and a context found twice is refused rather than guessed. KNOWN_RELEASES are the releases the tests apply,
-check and revert it on, each from its own wheel.
+One diff, written against openrlhf 0.11.2, serves every release that has the hook points: each hunk goes where
+its lines occur in the file, whatever the offset from the line number the diff gives (as `patch` applies a hunk
+with an offset); lines found nowhere or more than once are refused rather than guessed. KNOWN_RELEASES are the
+releases the tests apply, check and revert it on, each from its own wheel.
 
 Each file's state is decided against the sha256 that the installed openrlhf's own RECORD lists for it:
 pristine (the hash matches), patched (un-applying our hunks gives the hash) or modified by something else
@@ -67,7 +67,7 @@ class FilePatch:
             find, put, expected = hunk.sides(reverse)
             at = self._locate(lines, find, pos, expected + shift, number)
             offsets.append(at - expected)
-            shift = at - expected  # later hunks of a shifted file are likely shifted alike
+            shift = at - expected  # where a later hunk should be, for a pure insertion and for messages
             out += lines[pos:at] + put
             pos = at + len(find)
         return "".join(out + lines[pos:]), offsets
@@ -78,9 +78,8 @@ class FilePatch:
         found = [i for i in range(pos, len(lines) - len(find) + 1) if lines[i : i + len(find)] == find]
         if len(found) != 1:
             where = "nowhere" if not found else f"{len(found)} times (lines {', '.join(str(i + 1) for i in found)})"
-            raise PatchError(
-                f"{self.path}: the lines of hunk {number} (near line {guess + 1}: {find[0].strip()!r} ...) occur {where}"
-            )
+            first = next(line.strip() for line in find if line.strip())
+            raise PatchError(f"{self.path}: the lines of hunk {number} (near line {guess + 1}, {first!r} ...) occur {where}")
         return found[0]
 
 
