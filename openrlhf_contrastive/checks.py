@@ -44,7 +44,7 @@ def check_contrastive_args(args, estimator: str | None = None) -> None:
         if reason:
             raise InputError(
                 f"{reason}. Use --algo.advantage.estimator gae (the paper's PPO), reinforce or flash_reinforce, or a "
-                "non-linear shape (--contrastive.shape sigmoid or winrate), or drop --reward_fn contrastive."
+                "non-linear shape (--contrastive.shape sigmoid, winrate or logsigmoid), or drop --reward_fn contrastive."
             )
     if settings.k < 1:
         raise InputError(
@@ -183,13 +183,15 @@ def dated_chat_template(tokenizer) -> str | None:
     the date format, and also a date written only when a system message is present) means that prompt strings,
     the store's keys, change with the day.
     """
+    from jinja2.exceptions import TemplateError
+
     for conversation in _PROBE_CONVERSATIONS:
         renders = []
         for day in _PROBE_DAYS:
             with _chat_template_clock(day):
                 try:
                     renders.append(tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True))
-                except Exception:  # a template that refuses this conversation (e.g. no system role) proves nothing
+                except TemplateError:  # a template that refuses this conversation (e.g. no system role) proves nothing
                     renders = None
                     break
         if renders and renders[0] != renders[1]:

@@ -18,9 +18,10 @@ import logging
 from pathlib import Path
 
 from openrlhf_contrastive import stage
+from openrlhf_contrastive.checks import InputError, check_chat_template_date, check_contrastive_args
 from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 from openrlhf_contrastive.flags import METRIC_REWARD, add_contrastive_args
-from openrlhf_contrastive.shapes import cancelling_estimator_reason, contrastive_batch, parse_shape
+from openrlhf_contrastive.shapes import contrastive_batch, parse_shape
 from openrlhf_contrastive.store import HEADER, BaselineStore, StoreError, prompt_keys
 
 logger = logging.getLogger(__name__)
@@ -37,29 +38,20 @@ class ContrastiveReward:
         add_contrastive_args(parser)
 
     def check_args(self, args) -> None:
-        """Refuse what would waste a GPU job: no store path, an unknown shape, a shape that cancels, async."""
+        """Refuse what would waste a GPU job: the checks `sample` makes too (store path, shape, k, temperature,
+        chunk size, a shape the estimator cancels, a dated chat template), async without a store, a mismatched store."""
         settings = args.contrastive
-        if not settings.baseline_path:
-            raise SystemExit(
-                "--reward_fn contrastive needs --contrastive.baseline_path: the directory of the baseline store "
-                "(written by `openrlhf-contrastive sample`, or by the in-job stage when it does not exist yet)."
-            )
         try:
-            shape = parse_shape(settings.shape)
-        except ValueError as e:
-            raise SystemExit(str(e)) from None
-        reason = cancelling_estimator_reason(shape, args.algo.advantage.estimator)
-        if reason:
-            raise SystemExit(
-                f"{reason}. Use --algo.advantage.estimator gae (the paper's PPO), reinforce or flash_reinforce, or a "
-                "non-linear shape (--contrastive.shape sigmoid, winrate or logsigmoid), or drop --reward_fn contrastive."
-            )
-        if settings.k < 1:
-            raise SystemExit(f"--contrastive.k must be at least 1, got {settings.k}.")
-        if settings.k < shape.min_k:
-            raise SystemExit(f"--contrastive.shape {shape} needs --contrastive.k >= {shape.min_k}, got {settings.k}.")
-        if settings.chunk_size < 1:
-            raise SystemExit(f"--contrastive.chunk_size must be at least 1, got {settings.chunk_size}.")
+            check_contrastive_args(args, estimator=args.algo.advantage.estimator)
+            if args.data.apply_chat_template and not settings.allow_dated_prompts:
+                from openrlhf.utils.utils import get_tokenizer
+
+                tokenizer = get_tokenizer(
+                    args.actor.model_name_or_path, None, "left", None, use_fast=not args.data.disable_fast_tokenizer
+                )
+                check_chat_template_date(args, tokenizer)
+        except InputError as e:
+            raise SystemExit(f"--reward_fn contrastive: {e}") from None
         has_store = Path(settings.baseline_path, HEADER).exists()
         if getattr(args.train, "async_enable", False) and not has_store:
             raise SystemExit(

@@ -58,6 +58,9 @@ def test_a_linear_shape_under_a_group_centred_estimator_is_refused(tmp_path, est
         (["--contrastive.shape", "avg"], "not a known shape. Choose one of: mean, median"),
         (["--contrastive.shape", "zscore", "--contrastive.k", "1"], "needs --contrastive.k >= 2"),
         (["--contrastive.k", "0"], "at least 1"),
+        (["--contrastive.temperature", "0"], "temperature 0.0 .* identical greedy responses"),
+        (["--rollout.temperature", "-1"], r"temperature -1.0 \(--rollout.temperature\)"),
+        (["--contrastive.chunk_size", "0"], "--contrastive.chunk_size is 0"),
     ],
 )
 def test_bad_contrastive_flags_are_refused_with_the_fix(tmp_path, flags, message):
@@ -66,7 +69,7 @@ def test_bad_contrastive_flags_are_refused_with_the_fix(tmp_path, flags, message
 
 
 def test_a_missing_baseline_path_flag_is_refused():
-    with pytest.raises(SystemExit, match="needs --contrastive.baseline_path"):
+    with pytest.raises(SystemExit, match="--contrastive.baseline_path is not set"):
         parse_train_args(["--reward_fn", "contrastive"])
 
 
@@ -75,3 +78,19 @@ def test_a_bad_on_missing_choice_is_refused_by_argparse(tmp_path, capsys):
         parse_train_args(["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path),
                           "--contrastive.on_missing", "skip"])
     assert "invalid choice: 'skip'" in capsys.readouterr().err
+
+
+def test_a_dated_chat_template_is_refused_at_parse_time_unless_allowed(tmp_path):
+    """The in-job stage would otherwise key the store by today's date; --contrastive.allow_dated_prompts goes on."""
+    from openrlhf_contrastive.demo.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(tmp_path / "policy")
+    tokenizer.chat_template = "{% if messages[0]['role'] == 'system' %}{{ strftime_now('%Y-%m-%d') }}{% endif %}" + (
+        tokenizer.chat_template
+    )
+    tokenizer.save_pretrained(str(tmp_path / "policy"))
+    flags = ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path / "store"),
+             "--actor.model_name_or_path", str(tmp_path / "policy"), "--data.apply_chat_template"]
+    with pytest.raises(SystemExit, match="writes today's date"):
+        parse_train_args(flags)
+    assert parse_train_args(flags + ["--contrastive.allow_dated_prompts"]).contrastive.allow_dated_prompts
