@@ -102,7 +102,8 @@ class ContrastiveReward:
         return not hit.all() and not self.store.check_fingerprint(self.fingerprint(args), accept_mismatch=True)
 
     def load(self, args) -> None:
-        if self.store is None:
+        """Load and validate the store of `args` once (OpenRLHF keeps one plugin object per process)."""
+        if self.store is None or Path(self.store.path) != Path(args.contrastive.baseline_path):
             store = BaselineStore.load(args.contrastive.baseline_path)
             store.check_fingerprint(self.fingerprint(args), args.contrastive.accept_fingerprint_mismatch)
             self.store = store
