@@ -48,6 +48,14 @@ def _sample(argv: list[str]) -> int:
     except (StoreError, ValueError) as e:
         print(f"openrlhf-contrastive sample: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the store's disk: full, read-only, quota, file size limit
+        print(
+            f"openrlhf-contrastive sample: writing the baseline store failed: {e}. The disk or directory of "
+            "--contrastive.baseline_path is full or not writable. Free space or fix the permissions and rerun the same "
+            "command: every prompt whose record was written is kept, the rest are sampled again.",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
