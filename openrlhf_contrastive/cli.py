@@ -48,11 +48,11 @@ def _sample(argv: list[str]) -> int:
     except (StoreError, ValueError) as e:
         print(f"openrlhf-contrastive sample: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # the store's disk: full, read-only, quota, file size limit
+    except OSError as e:  # a disk that is full or read-only, a quota, a file size limit, an unreadable file
         print(
-            f"openrlhf-contrastive sample: writing the baseline store failed: {e}. The disk or directory of "
-            "--contrastive.baseline_path is full or not writable. Free space or fix the permissions and rerun the same "
-            "command: every prompt whose record was written is kept, the rest are sampled again.",
+            f"openrlhf-contrastive sample: {e}. Reading or writing a file failed: free space or fix the permissions "
+            f"of the named file (for the store, --contrastive.baseline_path) and rerun the same command: every prompt "
+            "whose record was written is kept, the rest are sampled again.",
             file=sys.stderr,
         )
         return 2
