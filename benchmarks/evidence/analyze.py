@@ -4,7 +4,7 @@
 
 Per arm (over seeds: mean and 95% t-interval): held-out gold reward of the final policy, its gold win rate
 against the SFT policy's samples, held-out proxy; from the per-step training logs: final gold and proxy (mean of
-the last 3 steps), peak gold (max over steps of a 3-step moving average), KL to the reference at the end,
+the last 8 steps), peak gold (max over steps of an 8-step moving average), KL to the reference at the end,
 critic loss; wall time and generations. Also the per-seed paired difference to the `raw` arm (same seeds,
 same prompt order). Runs that are not finished are left out (their count is in `runs_done`).
 """
@@ -43,12 +43,12 @@ def series(run: dict, tag: str) -> list[tuple[int, float]]:
     return sorted((int(k), v) for k, v in run["scalars"].get(tag, {}).items())
 
 
-def last_mean(run: dict, tag: str, n: int = 3) -> float | None:
+def last_mean(run: dict, tag: str, n: int = 8) -> float | None:
     s = series(run, tag)
     return statistics.mean(v for _, v in s[-n:]) if s else None
 
 
-def peak_smoothed(run: dict, tag: str, w: int = 3) -> float | None:
+def peak_smoothed(run: dict, tag: str, w: int = 8) -> float | None:
     vals = [v for _, v in series(run, tag)]
     if not vals:
         return None
@@ -202,19 +202,26 @@ def table(summary: dict) -> str:
             return f"{x['mean']:.{nd}f} [{x['ci95'][0]:.{nd}f}, {x['ci95'][1]:.{nd}f}]"
         return f"{x['mean']:.{nd}f}"
 
-    lines = ["| arm | runs | held-out gold | gold win rate vs SFT | peak train gold | final train proxy | KL at end "
-             "| wall s/run | generations/run |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | runs | held-out gold | gold win rate vs SFT | held-out gold minus raw (paired) | peak train gold "
+             "| final train gold | final train proxy | KL at end | critic loss at end | wall s/run | generations/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     if summary.get("sft"):
-        lines.append(f"| SFT (start) | - | {summary['sft']['heldout_gold']:.3f} | 0.500 | - | - | 0 | - | - |")
+        st = summary.get("sft_train") or {}
+        gt = f"{st['gold']:.3f}" if "gold" in st else "-"
+        pt = f"{st['proxy']:.3f}" if "proxy" in st else "-"
+        lines.append(f"| SFT (start) | - | {summary['sft']['heldout_gold']:.3f} | 0.500 | - | - | {gt} | {pt} | 0 "
+                     f"| - | - | - |")
     for arm, a in summary["arms"].items():
         if not a.get("runs_done"):
-            lines.append(f"| {arm} | 0 | - | - | - | - | - | - | - |")
+            lines.append(f"| {arm} | 0 | - | - | - | - | - | - | - | - | - | - |")
             continue
+        paired = f(a.get("paired_vs_raw", {}).get("heldout_gold_diff"))
         g = a["generations_per_run"]
         gens = f"{g['online']} + {g['offline']} offline" if g["offline"] else f"{g['online']}"
         lines.append(f"| {arm} | {a['runs_done']} | {f(a['heldout_gold_final'])} | "
-                     f"{f(a['heldout_gold_win_rate_vs_sft'])} | {f(a['train_gold_peak'])} | "
-                     f"{f(a['train_proxy_final'])} | {f(a['kl_final'], 4)} | {a['wall_s']['mean']:.0f} | {gens} |")
+                     f"{f(a['heldout_gold_win_rate_vs_sft'])} | {paired} | {f(a['train_gold_peak'])} | "
+                     f"{f(a['train_gold_final'])} | {f(a['train_proxy_final'])} | {f(a['kl_final'], 4)} | "
+                     f"{f(a['critic_loss_final'], 4)} | {a['wall_s']['mean']:.0f} | {gens} |")
     return "\n".join(lines)
 
 

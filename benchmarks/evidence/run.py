@@ -138,7 +138,9 @@ def common_flags(cfg: dict, work: Path, out: Path) -> list[str]:
 def arm_flags(cfg: dict, s: dict, arm: str, seed: int, work: Path, out: Path) -> list[str]:
     p, a = cfg["ppo"], cfg["arms"][arm]
     n = a.get("n_samples_per_prompt", 1)
-    samples = p["prompts_per_step"]  # same samples (and gradient batch) per PPO step in every arm
+    # Default: the same samples (and gradient batch) per PPO step in every arm (prompts_per_step / n prompts x n).
+    # An arm may set its own prompts per step (rloo_k_same_steps: the same prompts and steps, n samples each).
+    samples = a.get("prompts_per_step", p["prompts_per_step"] // n) * n
     flags = common_flags(cfg, work, out) + [
         "--critic.model_name_or_path", str(work / "sft"),  # ignored by OpenRLHF for non-gae estimators
         "--algo.advantage.estimator", a["estimator"],
@@ -262,7 +264,7 @@ def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sft_eval: dict,
     steps = sorted(scalars.get("train/reward", {}))
     a = cfg["arms"][arm]
     n = a.get("n_samples_per_prompt", 1)
-    online = len(steps) * p["prompts_per_step"]
+    online = len(steps) * a.get("prompts_per_step", p["prompts_per_step"] // n) * n
     offline = store_info["generations"] if "--reward_fn" in a["reward_flags"] else 0
     import statistics
 
