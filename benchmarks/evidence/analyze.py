@@ -174,10 +174,23 @@ def plot(work: Path, png: Path, s: dict, summary: dict, window: int = 8) -> None
             ax.fill_between(steps, y.min(0), y.max(0), color=colors[arm], alpha=0.15)
             ax.set_xlabel("PPO step")
             ax.set_ylabel(f"{name}, rollouts ({window}-step mean)")
+            # Gao-style: reward against KL. train/kl is not monotone in the step, so pool every (KL, reward) point
+            # of the arm (all seeds, 8-step means) and show the mean reward per KL decile, +- its standard error.
             ax2 = axes[1, col]
-            ax2.plot(k.mean(0), y.mean(0), color=colors[arm], label=label, lw=1.2)
-            ax2.fill_between(k.mean(0), y.min(0), y.max(0), color=colors[arm], alpha=0.12)
-            ax2.set_xlabel(f"KL to reference (train/kl, {window}-step mean, mean over seeds)")
+            kx, ky = k.ravel(), y.ravel()
+            edges = np.unique(np.quantile(kx, np.linspace(0, 1, 11)))
+            which = np.clip(np.searchsorted(edges, kx, side="right") - 1, 0, len(edges) - 2)
+            bx, bm, bs = [], [], []
+            for b in range(len(edges) - 1):
+                sel = which == b
+                if sel.sum() >= 2:
+                    bx.append(kx[sel].mean())
+                    bm.append(ky[sel].mean())
+                    bs.append(ky[sel].std(ddof=1) / np.sqrt(sel.sum()))
+            bx, bm, bs = map(np.array, (bx, bm, bs))
+            ax2.plot(bx, bm, color=colors[arm], label=label, marker="o", ms=3)
+            ax2.fill_between(bx, bm - bs, bm + bs, color=colors[arm], alpha=0.15)
+            ax2.set_xlabel(f"KL to reference (train/kl, {window}-step mean; points: KL deciles over steps and seeds)")
             ax2.set_ylabel(f"{name}, rollouts ({window}-step mean)")
     for col, key in ((0, "gold"), (1, "proxy")):
         for row in (0, 1):
@@ -186,8 +199,9 @@ def plot(work: Path, png: Path, s: dict, summary: dict, window: int = 8) -> None
                 ax.axhline(ref[key], color="k", ls=":", lw=1, label="SFT policy (same prompts)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle(f"PPO on a noisy proxy: gold (left) and proxy (right) vs step (top) and vs KL (bottom). "
-                 f"Lines: mean over seeds, bands: min-max; {summary['runs_done']}/{summary['runs_planned']} runs",
+    fig.suptitle(f"PPO on a noisy proxy: gold (left) and proxy (right) vs step (top; mean over seeds, band min-max) "
+                 f"and vs KL (bottom; mean per KL decile, band +-1 s.e.); "
+                 f"{summary['runs_done']}/{summary['runs_planned']} runs",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
