@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from openrlhf_contrastive.backends import DriverStrategy, check_rewards, default_backend
+from openrlhf_contrastive.backends import DriverStrategy, check_rewards, default_backend, response_texts
 from openrlhf_contrastive.checks import (
     InputError,
     check_chat_template_date,
@@ -37,7 +37,15 @@ from openrlhf_contrastive.checks import (
 from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
 from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 from openrlhf_contrastive.flags import BACKENDS, add_contrastive_args, add_train_ppo_ray_args
-from openrlhf_contrastive.store import HEADER, BaselineStore, StoreWriter, compare_fingerprints, prompt_key, read_header
+from openrlhf_contrastive.store import (
+    WRITER_FIX,
+    BaselineStore,
+    StoreWriter,
+    compare_fingerprints,
+    holds_baselines,
+    prompt_key,
+    read_header,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +168,10 @@ def run_stage(args, backend, prompts, labels, log=print) -> dict:
     keys, texts, prompts_u, labels_u = unique_prompts(prompts, labels, bool(args.data.label_key))
 
     # 2. resume: fixed chunks of that list; a chunk with a missing key is redone whole (same seeds)
-    writer = StoreWriter(args.contrastive.baseline_path, k, training_fingerprint(args, k, baseline_temperature(args)))
+    keep = bool(getattr(args.contrastive, "keep_responses", False))
+    writer = StoreWriter(
+        args.contrastive.baseline_path, k, training_fingerprint(args, k, baseline_temperature(args)), keep_responses=keep
+    )
     size = args.contrastive.chunk_size
     chunks = [range(s, min(s + size, len(keys))) for s in range(0, len(keys), size)]
     todo = [(c, idx) for c, idx in enumerate(chunks) if any(keys[i] not in writer.done for i in idx)]
@@ -179,7 +190,8 @@ def run_stage(args, backend, prompts, labels, log=print) -> dict:
                 rewards = penalised_rewards(experiences, args, k)
                 # 6. append to the store (keys already stored are skipped by the writer)
                 before = len(writer.done)
-                writer.append([keys[i] for i in idx], [texts[i] for i in idx], rewards)
+                responses = response_texts(experiences, backend.tokenizer, k) if keep else None
+                writer.append([keys[i] for i in idx], [texts[i] for i in idx], rewards, responses=responses)
                 bar.update(len(writer.done) - before)
                 bar.set_postfix(tokens_per_s=f"{(backend.num_tokens - tokens0) / max(bar.format_dict['elapsed'], 1e-9):.0f}")
     finally:
@@ -232,11 +244,12 @@ def run_in_job(trainer) -> dict:
 
 
 def check_store_matches(args) -> None:
-    """An existing store at --contrastive.baseline_path was made under this command's settings (before models load)."""
-    if (Path(args.contrastive.baseline_path) / HEADER).exists():
+    """A store at --contrastive.baseline_path that holds baselines was made under this command's settings (checked
+    before models load; a store without any baseline yet takes this command's settings)."""
+    if holds_baselines(args.contrastive.baseline_path):
         header = read_header(args.contrastive.baseline_path)
         expected = training_fingerprint(args, args.contrastive.k, baseline_temperature(args))
-        compare_fingerprints(header["fingerprint"], expected, args.contrastive.baseline_path)
+        compare_fingerprints(header["fingerprint"], expected, args.contrastive.baseline_path, fix=WRITER_FIX)
 
 
 def main(argv: list[str] | None = None) -> dict:

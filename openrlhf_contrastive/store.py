@@ -2,42 +2,63 @@
 
 A store is a directory:
 
-    header.json   format, k, key scheme and the provenance fingerprint (written once, atomically)
-    rewards.bin   fixed-size records, append-only: key u64 | k rewards f64 | mean f64 | std f64 | checksum u64
-    prompts.bin   the prompt text of each key, append-only frames: key u64 | length u32 | utf-8 bytes
+    header.json      format, k, key scheme, whether responses are kept, the provenance fingerprint (atomic)
+    rewards.bin      fixed-size records, append-only: key u64 | k rewards f64 | mean f64 | std f64 | checksum u64
+    prompts.bin      the prompt text of each key, append-only frames:
+                     magic "OCP1" | key u64 | length u32 | checksum u64 | utf-8 bytes
+    responses.jsonl  only with --contrastive.keep_responses: one line per prompt,
+                     {"key": 16 hex digits, "responses": [k texts], "check": 16 hex digits}
+    lock             who writes the store now (an advisory flock, released by the OS when the writer dies)
 
 The key of a prompt is a 64-bit BLAKE2b digest of the exact string OpenRLHF builds for it (plus its label when
 `--data.label_key` is set), so that training looks rewards up by `Experience.prompts` without keeping a
 million prompt strings in memory. Fixed-size records load with one `numpy.fromfile` and are validated in a
-few vectorised passes (a million prompts in well under a second). A stage killed mid-write leaves at most
-a torn last record, which the writer and the loader drop; a bad checksum anywhere else is corruption.
+few vectorised passes (a million prompts in well under a second); the loader reads nothing else.
+
+Durability. A chunk is written as prompt frames, then response lines, then reward records (fsynced): a prompt
+is done exactly when its record is intact. Every frame, line and record carries a checksum. Reopening a store
+to write (`StoreWriter`) keeps only prompts whose record, frame (and response line) are all intact, rewrites any
+file that held something else (torn tails of a killed writer, duplicates, flipped bytes) and says what it
+dropped; the stage then samples just those prompts again. The loader refuses a corrupt record and says so.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import socket
+import struct
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "openrlhf-contrastive-store/1"
+FORMAT = "openrlhf-contrastive-store/2"
 KEY_SCHEME = "blake2b-64(utf8(prompt) [+ b'\\x00' + utf8(label) when --data.label_key is set])"
-HEADER, REWARDS, PROMPTS = "header.json", "rewards.bin", "prompts.bin"
+HEADER, REWARDS, PROMPTS, RESPONSES, LOCK = "header.json", "rewards.bin", "prompts.bin", "responses.jsonl", "lock"
 
 # Odd 64-bit multipliers for the record checksum (vectorised; detects torn and flipped records).
 _MIX = np.array([0x9E3779B97F4A7C15 + 2 * i for i in range(64)], dtype=np.uint64)
-_FRAME = np.dtype([("key", "<u8"), ("length", "<u4")])
+_MAGIC = b"OCP1"
+_FRAME = struct.Struct("<QIQ")  # key, length, checksum of (key, length, text)
+_FRAME_HEAD = len(_MAGIC) + _FRAME.size
+
+RERUN_FIX = (
+    "Rerun `openrlhf-contrastive sample` with the same flags: it keeps every intact prompt, drops the damaged ones and "
+    "samples only those again."
+)
 
 
 class StoreError(ValueError):
-    """A baseline store that cannot be used: missing, corrupt, or made under other settings."""
+    """A baseline store that cannot be used: missing, corrupt, busy, or made under other settings."""
 
 
 def prompt_key(prompt: str, label: str | None = None) -> int:
@@ -53,6 +74,16 @@ def prompt_keys(prompts: Sequence[str], labels: Sequence[str] | None = None) -> 
     if labels is None:
         return np.fromiter((prompt_key(p) for p in prompts), dtype=np.uint64, count=len(prompts))
     return np.fromiter((prompt_key(p, l) for p, l in zip(prompts, labels)), dtype=np.uint64, count=len(prompts))
+
+
+def _digest64(*parts: bytes) -> int:
+    h = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        h.update(part)
+    return int.from_bytes(h.digest(), "little")
+
+
+# -- reward records ----------------------------------------------------------------------------------------
 
 
 def record_dtype(k: int) -> np.dtype:
@@ -78,6 +109,82 @@ def make_records(keys: np.ndarray, rewards: np.ndarray) -> np.ndarray:
     return records
 
 
+def _scan_records(path: Path, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(all whole records, indices of those failing their checksum, bytes of a torn tail)."""
+    file = path / REWARDS
+    dtype = record_dtype(k)
+    if not file.exists():
+        return np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64), 0
+    size = file.stat().st_size
+    records = np.fromfile(file, dtype=dtype, count=size // dtype.itemsize)
+    return records, np.flatnonzero(_checksums(records) != records["checksum"]), size % dtype.itemsize
+
+
+# -- prompt frames and response lines ----------------------------------------------------------------------
+
+
+def _frame(key: int, text: str) -> bytes:
+    data = text.encode("utf-8")
+    return _MAGIC + _FRAME.pack(key, len(data), _digest64(struct.pack("<QI", key, len(data)), data)) + data
+
+
+def _scan_frames(data: bytes) -> tuple[dict[int, str], int]:
+    """key -> text of every intact frame (the last one wins) and the number of damaged places skipped.
+
+    A frame whose length or bytes were damaged fails its checksum; scanning resumes at the next magic marker, so a
+    flipped byte costs one prompt text, not the rest of the file.
+    """
+    texts, damaged, pos = {}, 0, 0
+    while pos < len(data):
+        if data[pos : pos + len(_MAGIC)] == _MAGIC and pos + _FRAME_HEAD <= len(data):
+            key, length, checksum = _FRAME.unpack_from(data, pos + len(_MAGIC))
+            end = pos + _FRAME_HEAD + length
+            body = data[pos + _FRAME_HEAD : end]
+            if end <= len(data) and _digest64(struct.pack("<QI", key, length), body) == checksum:
+                texts[key] = body.decode("utf-8")
+                pos = end
+                continue
+        damaged += 1
+        found = data.find(_MAGIC, pos + 1)
+        pos = len(data) if found < 0 else found
+    return texts, damaged
+
+
+def _response_line(key: int, responses: Sequence[str]) -> str:
+    body = json.dumps(list(responses), ensure_ascii=False)
+    check = f"{_digest64(f'{key:016x}'.encode(), body.encode('utf-8')):016x}"
+    return '{"key": "%016x", "responses": %s, "check": "%s"}\n' % (key, body, check)
+
+
+def _scan_responses(path: Path, k: int) -> tuple[dict[int, list[str]], int]:
+    """key -> k response texts of every intact line (the last one wins) and the number of damaged lines."""
+    file = path / RESPONSES
+    if not file.exists():
+        return {}, 0
+    kept, damaged = {}, 0
+    for line in file.read_bytes().split(b"\n"):
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+            key = int(row["key"], 16)
+            body = json.dumps(row["responses"], ensure_ascii=False)
+            ok = (
+                isinstance(row["responses"], list) and len(row["responses"]) == k
+                and f"{_digest64(row['key'].encode(), body.encode('utf-8')):016x}" == row["check"]
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ok = False
+        if ok:
+            kept[key] = row["responses"]
+        else:
+            damaged += 1
+    return kept, damaged
+
+
+# -- reading -----------------------------------------------------------------------------------------------
+
+
 def read_header(path: str | os.PathLike) -> dict:
     header_file = Path(path) / HEADER
     if not header_file.is_file():
@@ -92,53 +199,45 @@ def read_header(path: str | os.PathLike) -> dict:
         raise StoreError(f"The baseline store header {header_file} cannot be read ({e}). Delete {path} and rerun the stage.") from e
     if header.get("format") != FORMAT:
         raise StoreError(
-            f"{header_file} has format {header.get('format')!r}, this plugin reads {FORMAT!r}. Rerun the stage "
-            "with this version of openrlhf-contrastive into a new --contrastive.baseline_path."
+            f"{header_file} has format {header.get('format')!r}, this plugin reads {FORMAT!r} (earlier versions wrote "
+            "prompt frames without checksums). Rerun the stage with this version of openrlhf-contrastive into a new "
+            "--contrastive.baseline_path."
         )
     return header
 
 
-def _read_records(path: Path, k: int, repair: bool) -> np.ndarray:
-    """All intact records; a torn last record is dropped (and cut from the file when `repair`)."""
-    file = path / REWARDS
-    dtype = record_dtype(k)
-    if not file.exists():
-        return np.zeros(0, dtype=dtype)
-    size = file.stat().st_size
-    n = size // dtype.itemsize
-    records = np.fromfile(file, dtype=dtype, count=n)
-    bad = np.flatnonzero(_checksums(records) != records["checksum"])
-    if len(bad) and (len(bad) > 1 or bad[0] != n - 1):
-        raise StoreError(
-            f"The baseline store {path} is corrupt: record {int(bad[0])} of {n} in {file} fails its checksum. "
-            f"The file was changed after the stage wrote it. Delete {path} and rerun the stage."
-        )
-    keep = n - len(bad)  # a last record that fails its checksum was torn by a crash, like trailing bytes
-    if keep * dtype.itemsize != size:
-        logger.warning("baseline store %s: dropping a half-written last record (the stage was interrupted)", path)
-        if repair:
-            with open(file, "r+b") as f:
-                f.truncate(keep * dtype.itemsize)
-    return records[:keep]
+def holds_baselines(path: str | os.PathLike) -> bool:
+    """Whether a store directory holds a header and at least one whole record (cheap: no file is read)."""
+    path = Path(path)
+    if not (path / HEADER).exists() or not (path / REWARDS).exists():
+        return False
+    return (path / REWARDS).stat().st_size >= record_dtype(int(read_header(path)["k"])).itemsize
 
 
 def read_prompt_texts(path: str | os.PathLike) -> dict[int, str]:
-    """key -> prompt text (prompt and label joined by NUL when labels are keyed); for reports and diagnostics."""
-    return dict(_iter_frames(Path(path) / PROMPTS)[0])
+    """key -> prompt text (prompt and label joined by NUL when labels are keyed); for reports and `rescore`.
+
+    Damaged frames are skipped with a warning that says how to get them back.
+    """
+    file = Path(path) / PROMPTS
+    texts, damaged = _scan_frames(file.read_bytes() if file.exists() else b"")
+    if damaged:
+        logger.warning("baseline store %s: %d damaged prompt frame(s) in %s were skipped. %s", path, damaged, file, RERUN_FIX)
+    return texts
 
 
-def _iter_frames(file: Path) -> tuple[Iterator[tuple[int, str]], int]:
-    """(key, text) of each complete frame, and the byte length of the complete frames."""
-    data = file.read_bytes() if file.exists() else b""
-    out, pos = [], 0
-    while pos + _FRAME.itemsize <= len(data):
-        key, length = np.frombuffer(data, dtype=_FRAME, count=1, offset=pos)[0]
-        end = pos + _FRAME.itemsize + int(length)
-        if end > len(data):
-            break
-        out.append((int(key), data[pos + _FRAME.itemsize : end].decode("utf-8")))
-        pos = end
-    return iter(out), pos
+def read_responses(path: str | os.PathLike) -> dict[int, list[str]]:
+    """key -> the k kept baseline response texts of each prompt, for a store written with keep_responses."""
+    header = read_header(path)
+    if not header.get("keep_responses"):
+        raise StoreError(
+            f"The baseline store {path} keeps no responses, only their rewards. Sample a store with "
+            "--contrastive.keep_responses (into a new --contrastive.baseline_path) to keep them."
+        )
+    kept, damaged = _scan_responses(Path(path), int(header["k"]))
+    if damaged:
+        raise StoreError(f"The baseline store {path} has {damaged} damaged line(s) in {RESPONSES}. {RERUN_FIX}")
+    return kept
 
 
 @dataclass
@@ -160,26 +259,43 @@ class BaselineStore:
     def fingerprint(self) -> dict:
         return self.header["fingerprint"]
 
+    @property
+    def has_responses(self) -> bool:
+        """Whether the store keeps its baseline response texts (`read_responses`)."""
+        return bool(self.header.get("keep_responses"))
+
     def __len__(self) -> int:
         return len(self.keys)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BaselineStore":
-        """Load and validate a whole store: header, checksums, finite rewards, unique keys."""
+        """Load and validate the rewards: header, checksums, finite rewards, unique keys (prompts.bin is not read)."""
         path = Path(path)
         header = read_header(path)
-        records = _read_records(path, int(header["k"]), repair=False)
+        records, bad, torn = _scan_records(path, int(header["k"]))
+        if len(bad) and (len(bad) > 1 or bad[0] != len(records) - 1 or torn):
+            raise StoreError(
+                f"The baseline store {path} is corrupt: {len(bad)} of {len(records)} records in {path / REWARDS} fail "
+                f"their checksum (the first is record {int(bad[0])}); the file was changed after the stage wrote it. "
+                f"{RERUN_FIX}"
+            )
+        if len(bad) or torn:  # a last record that fails its checksum was torn by a crash, like trailing bytes
+            logger.warning("baseline store %s: dropping a half-written last record (the stage was interrupted)", path)
+            records = records[: len(records) - len(bad)]
         keys = np.ascontiguousarray(records["key"])
         order = np.argsort(keys)
         keys, rewards = keys[order], records["rewards"][order]
         if not np.isfinite(rewards).all():
-            bad = int(np.flatnonzero(~np.isfinite(records["rewards"]).all(axis=1))[0])
+            bad_row = int(np.flatnonzero(~np.isfinite(records["rewards"]).all(axis=1))[0])
             raise StoreError(
-                f"The baseline store {path} holds NaN or infinite rewards (first at record {bad}). The reward model "
+                f"The baseline store {path} holds NaN or infinite rewards (first at record {bad_row}). The reward model "
                 f"or reward function returned them during the stage. Fix the reward source, delete {path} and rerun."
             )
         if len(keys) > 1 and (keys[1:] == keys[:-1]).any():
-            raise StoreError(f"The baseline store {path} holds a prompt key twice; it was not written by this plugin's stage. Delete it and rerun.")
+            raise StoreError(
+                f"The baseline store {path} holds a prompt key twice; it was not written by this plugin's stage. "
+                f"{RERUN_FIX}"
+            )
         return cls(str(path), header, keys, rewards, records["mean"][order], records["std"][order])
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,88 +312,203 @@ class BaselineStore:
         return compare_fingerprints(self.fingerprint, expected, self.path, accept_mismatch)
 
 
-def compare_fingerprints(stored: dict, expected: dict, path, accept_mismatch: bool = False) -> list[str]:
-    """Raise StoreError listing each differing field unless `accept_mismatch`; return the differences.
+_PATHS_OF = {"policy": "policy_path", "reward": "reward_sources"}  # fields whose paths are kept under "info"
 
-    Fields under "info" (versions, timestamps) are never compared.
-    """
-    diffs = [
-        f"{name}: store has {stored.get(name)!r}, now {value!r}"
-        for name, value in expected.items()
-        if name != "info" and stored.get(name) != value
-    ]
+ACCEPT_FIX = (
+    "Write a new store (another --contrastive.baseline_path), or pass --contrastive.accept_fingerprint_mismatch if you "
+    "are sure the difference does not change rewards."
+)
+WRITER_FIX = (
+    "A store holds the baselines of one setting only: write a new store (another --contrastive.baseline_path) or "
+    "delete this one."
+)
+
+
+def compare_fingerprints(stored: dict, expected: dict, path, accept_mismatch: bool = False, fix: str = ACCEPT_FIX) -> list[str]:
+    """Raise StoreError listing each differing field (with the model paths behind digests) unless `accept_mismatch`;
+    return the differences. Fields under "info" (paths, versions) are never compared."""
+    diffs = []
+    for name, value in expected.items():
+        if name == "info" or stored.get(name) == value:
+            continue
+        diff = f"{name}: store has {stored.get(name)!r}, now {value!r}"
+        if name in _PATHS_OF:
+            was = (stored.get("info") or {}).get(_PATHS_OF[name])
+            now = (expected.get("info") or {}).get(_PATHS_OF[name])
+            diff += f" (store made from {was!r}; this run uses {now!r})"
+        diffs.append(diff)
     if diffs and not accept_mismatch:
         raise StoreError(
             f"The baseline store {path} was made under other settings than this run:\n  "
             + "\n  ".join(diffs)
             + "\nBaselines are only comparable with training rewards when policy, reward, prompts and sampling "
-            "match. Write a new store (another --contrastive.baseline_path), or pass "
-            "--contrastive.accept_fingerprint_mismatch if you are sure the difference does not change rewards."
+            f"match. {fix}"
         )
     for diff in diffs:
         logger.warning("baseline store fingerprint differs (accepted): %s", diff)
     return diffs
 
 
-class StoreWriter:
-    """Appends records to a store; reopening an existing store resumes it.
+# -- writing -----------------------------------------------------------------------------------------------
 
-    Reopening checks the header (same fingerprint and k, else StoreError), cuts a torn last record or
-    prompt frame, and exposes the keys already written in `done`, so a rerun redoes no finished prompt.
-    Each `append` writes the prompt texts, then the records, then flushes to disk.
+
+class _StoreLock:
+    """An exclusive advisory lock on a store directory, naming its holder; the OS releases it when the process dies."""
+
+    def __init__(self, path: Path):
+        self.file = open(path / LOCK, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise StoreError(
+                f"The baseline store {path} is being written by another process ({holder}). Two writers would "
+                "interleave their records and ruin the store, so this one stops before writing anything. Wait for "
+                "that process to finish, or stop it and rerun this command: a stopped writer's lock is released by "
+                "the operating system and its finished prompts are kept."
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        command = " ".join(sys.argv)[:300]
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+
+
+def _rewrite(file: Path, data: bytes) -> None:
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, file)
+
+
+class StoreWriter:
+    """Appends records to a store under an exclusive lock; reopening an existing store resumes it.
+
+    Reopening checks the header (same k, same fingerprint, same keep_responses, else StoreError; a store without
+    any record yet takes the new settings), then keeps exactly the prompts whose record, prompt frame and, with
+    responses, response line are all intact, rewriting the files that held anything else. `done` holds their keys,
+    so a rerun redoes no finished prompt and samples the damaged or unfinished ones again.
     """
 
-    def __init__(self, path: str | os.PathLike, k: int, fingerprint: dict):
+    def __init__(self, path: str | os.PathLike, k: int, fingerprint: dict, keep_responses: bool = False):
         self.path = Path(path)
         self.k = k
-        header = {"format": FORMAT, "k": k, "key_scheme": KEY_SCHEME, "fingerprint": fingerprint}
+        self.keep_responses = keep_responses
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = _StoreLock(self.path)
+        try:
+            self._open_header(fingerprint)
+            self.done = self._resume()
+            self._rewards = open(self.path / REWARDS, "ab")
+            self._prompts = open(self.path / PROMPTS, "ab")
+            self._responses = open(self.path / RESPONSES, "a", encoding="utf-8") if keep_responses else None
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open_header(self, fingerprint: dict) -> None:
+        header = {"format": FORMAT, "k": self.k, "key_scheme": KEY_SCHEME, "keep_responses": self.keep_responses,
+                  "fingerprint": fingerprint}
         if (self.path / HEADER).exists():
             existing = read_header(self.path)
-            if existing["k"] != k or existing["key_scheme"] != KEY_SCHEME:
+            records, _, _ = _scan_records(self.path, int(existing["k"]))
+            if len(records) == 0:  # nothing sampled yet (e.g. a run stopped at its first chunk): take this run's settings
+                if existing != header:
+                    logger.info("baseline store %s holds no baselines yet: its header is rewritten for this run", self.path)
+            elif existing["k"] != self.k or existing["key_scheme"] != KEY_SCHEME:
                 raise StoreError(
-                    f"{self.path} holds a store with k={existing['k']}, this stage samples k={k}. "
+                    f"{self.path} holds a store with k={existing['k']}, this stage samples k={self.k}. "
                     "Use another --contrastive.baseline_path or delete the old store."
                 )
-            compare_fingerprints(existing["fingerprint"], fingerprint, self.path)
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            tmp = self.path / (HEADER + ".tmp")
-            tmp.write_text(json.dumps(header, indent=2, sort_keys=True))
-            os.replace(tmp, self.path / HEADER)
-        records = _read_records(self.path, k, repair=True)
-        self.done: set[int] = set(records["key"].tolist())
-        _, complete = _iter_frames(self.path / PROMPTS)
-        if (self.path / PROMPTS).exists() and (self.path / PROMPTS).stat().st_size != complete:
-            with open(self.path / PROMPTS, "r+b") as f:
-                f.truncate(complete)
-        self._rewards = open(self.path / REWARDS, "ab")
-        self._prompts = open(self.path / PROMPTS, "ab")
+            else:
+                compare_fingerprints(existing["fingerprint"], fingerprint, self.path, fix=WRITER_FIX)
+                if bool(existing.get("keep_responses")) != self.keep_responses:
+                    kept = "keeps" if existing.get("keep_responses") else "does not keep"
+                    raise StoreError(
+                        f"The baseline store {self.path} {kept} the baseline responses, and this run was asked "
+                        f"{'to keep' if self.keep_responses else 'not to keep'} them (--contrastive.keep_responses). "
+                        "Resume it with the setting it was started with, or write a new store."
+                    )
+                return
+        tmp = self.path / (HEADER + ".tmp")
+        tmp.write_text(json.dumps(header, indent=2, sort_keys=True))
+        os.replace(tmp, self.path / HEADER)
 
-    def append(self, keys: Iterable[int], texts: Sequence[str], rewards: np.ndarray) -> None:
-        """Write the baselines of new prompts: keys (n,), their texts, rewards (n, k). Keys already done are skipped."""
+    def _resume(self) -> set[int]:
+        records, bad, torn = _scan_records(self.path, self.k)
+        intact = np.ones(len(records), dtype=bool)
+        intact[bad] = False
+        prompts_file = self.path / PROMPTS
+        frames, damaged_frames = _scan_frames(prompts_file.read_bytes() if prompts_file.exists() else b"")
+        responses, damaged_lines = _scan_responses(self.path, self.k) if self.keep_responses else ({}, 0)
+        done: set[int] = set()
+        for i, key in enumerate(records["key"].tolist()):
+            if key in done or key not in frames or (self.keep_responses and key not in responses):
+                intact[i] = False
+            elif intact[i]:
+                done.add(key)
+
+        dropped = int((~intact).sum())
+        if dropped or torn:
+            _rewrite(self.path / REWARDS, records[intact].tobytes())
+        if dropped or damaged_frames or len(frames) != len(done):
+            _rewrite(prompts_file, b"".join(_frame(key, frames[key]) for key in records["key"][intact].tolist()))
+        if self.keep_responses and (dropped or damaged_lines or len(responses) != len(done)):
+            _rewrite(self.path / RESPONSES, "".join(
+                _response_line(key, responses[key]) for key in records["key"][intact].tolist()
+            ).encode("utf-8"))
+        if torn:
+            logger.warning("baseline store %s: dropping a half-written last record (the stage was interrupted)", self.path)
+        if dropped or damaged_frames or damaged_lines:
+            logger.warning(
+                "baseline store %s: %d of %d prompts dropped (%d records failing their checksum, %d damaged prompt "
+                "frames, %d damaged response lines, or a duplicate / missing part); they are sampled again, the other "
+                "%d are kept", self.path, dropped, len(records), len(bad), damaged_frames, damaged_lines, len(done),
+            )
+        return done
+
+    def append(self, keys: Iterable[int], texts: Sequence[str], rewards: np.ndarray, responses=None) -> None:
+        """Write the baselines of new prompts: keys (n,), their texts, rewards (n, k) and, when the store keeps them,
+        responses (n lists of k texts). Keys already done are skipped."""
         keys = np.asarray(list(keys), dtype=np.uint64)
         rewards = np.asarray(rewards, dtype=np.float64).reshape(len(keys), self.k)
+        if (responses is None) == self.keep_responses:
+            raise ValueError(
+                "StoreWriter.append: responses are required exactly when the store keeps them "
+                f"(keep_responses={self.keep_responses}, responses {'missing' if responses is None else 'given'})"
+            )
+        if responses is not None and (len(responses) != len(keys) or any(len(r) != self.k for r in responses)):
+            raise ValueError(f"StoreWriter.append: expected {len(keys)} lists of k={self.k} responses")
         if not np.isfinite(rewards).all():
             raise StoreError(
                 "The reward source returned NaN or infinite rewards for a baseline response; a store of such "
                 "baselines would poison every contrastive reward of those prompts. Fix the reward model or reward "
                 "function (check its outputs on these prompts) and rerun the stage: finished prompts are kept."
             )
-        new = np.array([int(key) not in self.done for key in keys], dtype=bool)
-        if not new.any():
+        new = [i for i, key in enumerate(keys.tolist()) if key not in self.done]
+        if not new:
             return
-        for key, text in zip(keys[new], (t for t, n in zip(texts, new) if n)):
-            data = text.encode("utf-8")
-            self._prompts.write(np.array([(key, len(data))], dtype=_FRAME).tobytes() + data)
+        self._prompts.write(b"".join(_frame(int(keys[i]), texts[i]) for i in new))
         self._prompts.flush()
-        self._rewards.write(make_records(keys[new], rewards[new]).tobytes())
+        if self._responses is not None:
+            self._responses.write("".join(_response_line(int(keys[i]), responses[i]) for i in new))
+            self._responses.flush()
+        self._rewards.write(make_records(keys[new], rewards[new]).tobytes())  # the commit point of these prompts
         self._rewards.flush()
         os.fsync(self._rewards.fileno())
-        self.done.update(int(key) for key in keys[new])
+        self.done.update(int(keys[i]) for i in new)
 
     def close(self) -> None:
-        self._rewards.close()
-        self._prompts.close()
+        for file in (self._rewards, self._prompts, self._responses):
+            if file is not None:
+                file.close()
+        self._lock.release()
 
     def __enter__(self) -> "StoreWriter":
         return self

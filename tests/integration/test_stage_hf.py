@@ -63,7 +63,8 @@ def test_store_made_under_other_settings_is_refused(models, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert err.returncode == 2
-    assert "temperature: store has 1.0, now 0.7" in err.stderr and "--contrastive.accept_fingerprint_mismatch" in err.stderr
+    assert "temperature: store has 1.0, now 0.7" in err.stderr and "one setting only" in err.stderr
+    assert "--contrastive.accept_fingerprint_mismatch" not in err.stderr  # sample never mixes settings in a store
 
 
 def records(store_dir):
