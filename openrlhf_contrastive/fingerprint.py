@@ -10,30 +10,69 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 from pathlib import Path
 
 from openrlhf_contrastive.store import KEY_SCHEME
 
 
-def content_digest(name_or_path: str | None) -> str | None:
-    """sha256 (16 hex digits) of a local model's config.json, or of a local file; None for hub ids and URLs.
+FULL_DIGEST_ENV = "OPENRLHF_CONTRASTIVE_FULL_DIGEST"
+"""Set to 1 (for the stage and for training alike) to hash every byte of every weight file instead of a sample."""
 
-    A model directory is identified by its config.json (architecture, sizes, vocab) and, when present, the
-    index or size of its weight files, so that two fine-tunes of one architecture differ.
+_DESCRIPTION_FILES = (
+    "config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json", "tokenizer.json",
+    "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_WINDOWS, _WINDOW = 16, 64 * 1024  # sampled digest: 16 windows of 64 KiB per weight file, first and last included
+
+
+def full_digest_requested() -> bool:
+    return os.environ.get(FULL_DIGEST_ENV, "0").strip().lower() in ("1", "true", "yes")
+
+
+def _hash_weights(digest, file: Path, full: bool) -> None:
+    """Name, size, the safetensors header (every tensor's name, dtype, shape, offsets) and the bytes: all of them
+    when `full` or the file is small, else 16 windows of 64 KiB spread evenly over the file."""
+    size = file.stat().st_size
+    digest.update(f"{file.name}:{size}".encode())
+    with open(file, "rb") as f:
+        if full or size <= _WINDOWS * _WINDOW:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+            return
+        if file.suffix == ".safetensors":
+            header_len = int.from_bytes(f.read(8), "little")
+            if 0 < header_len < min(size, 1 << 28):
+                digest.update(f.read(header_len))
+        for i in range(_WINDOWS):
+            f.seek((size - _WINDOW) * i // (_WINDOWS - 1))
+            digest.update(f.read(_WINDOW))
+
+
+def content_digest(name_or_path: str | None, full: bool | None = None) -> str | None:
+    """sha256 (16 hex digits) of a local model directory or file; None for hub ids and URLs.
+
+    A model directory is identified by its description files (config, weight index, tokenizer, chat template) and
+    its weight files: name, size, safetensors header and a fixed sample of 16 windows of bytes per file (about
+    1 MiB per shard, so a 70B checkpoint hashes in about a second), or every byte with `full` (default: the
+    environment variable OPENRLHF_CONTRASTIVE_FULL_DIGEST). Fine-tunes, retrained reward models and other seeds
+    change every window; only a change confined to a few unsampled bytes needs the full hash.
     """
     if not name_or_path:
         return None
+    full = full_digest_requested() if full is None else full
     path = Path(name_or_path)
-    if path.is_file():
+    digest = hashlib.sha256()
+    if path.is_file():  # a reward-function or agent file: its bytes, whatever its name
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     if not path.is_dir():
         return None
-    digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json"):
+    for name in _DESCRIPTION_FILES:
         if (path / name).is_file():
             digest.update(name.encode() + (path / name).read_bytes())
-    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    for weights in sorted(p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file()):
+        _hash_weights(digest, weights, full)
     return digest.hexdigest()[:16]
 
 
@@ -50,10 +89,15 @@ def baseline_temperature(args) -> float:
     return args.rollout.temperature if t is None else t
 
 
-def identity(name_or_path: str | None) -> str | None:
-    """A local model or file by its content digest (so a copied store still matches), anything else by name."""
+def model_identity(name_or_path: str | None) -> str | None:
+    """A local model or file by its content digest (so a copied checkpoint still matches), anything else by name.
+
+    "sha256-full:..." marks a model directory hashed in full (OPENRLHF_CONTRASTIVE_FULL_DIGEST=1), so that a
+    comparison with a sampled digest says why it differs.
+    """
+    full = full_digest_requested() and name_or_path is not None and Path(name_or_path).is_dir()
     digest = content_digest(name_or_path)
-    return f"sha256:{digest}" if digest else name_or_path
+    return f"sha256{'-full' if full else ''}:{digest}" if digest else name_or_path
 
 
 def reward_sources(args) -> list[str]:
@@ -74,8 +118,8 @@ def training_fingerprint(args, k: int, temperature: float) -> dict:
     Models and files are compared by content digest; their paths are kept under "info" (never compared).
     """
     return {
-        "policy": identity(args.actor.model_name_or_path),
-        "reward": [identity(source) for source in reward_sources(args)],
+        "policy": model_identity(args.actor.model_name_or_path),
+        "reward": [model_identity(source) for source in reward_sources(args)],
         "normalize_reward": bool(args.reward.normalize_enable),
         "length_penalty": {
             "overlong_buffer_len": args.reward.overlong_buffer_len,

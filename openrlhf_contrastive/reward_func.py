@@ -37,7 +37,7 @@ import os
 import time
 import urllib.request
 
-from openrlhf_contrastive.fingerprint import identity
+from openrlhf_contrastive.fingerprint import model_identity
 from openrlhf_contrastive.flags import ON_MISSING
 from openrlhf_contrastive.plugin import missing_baselines_message
 from openrlhf_contrastive.shapes import contrastive_batch, parse_shape
@@ -119,7 +119,7 @@ class UnpatchedContrastiveReward:
         # The store must have been scored by this base reward (the stage records it as its reward source).
         try:
             compare_fingerprints(
-                {"reward": self.store.fingerprint.get("reward")}, {"reward": [base if is_url else identity(base)]},
+                {"reward": self.store.fingerprint.get("reward")}, {"reward": [base if is_url else model_identity(base)]},
                 path, _flag(environ, ENV_ACCEPT),
             )
         except StoreError as e:

@@ -32,14 +32,14 @@ def test_contrastive_reward_through_openrlhfs_rollout_actor(tmp_path):
     from openrlhf.utils.utils import get_tokenizer
 
     import openrlhf_contrastive.reward_func as reward_func_module
-    from openrlhf_contrastive.fingerprint import identity
+    from openrlhf_contrastive.fingerprint import model_identity
     from openrlhf_contrastive.store import StoreWriter, prompt_keys
     from openrlhf_contrastive.demo.tiny import build_policy
 
     policy = build_policy(tmp_path / "policy")
     base = tmp_path / "base_reward.py"
     base.write_text(BASE)
-    with StoreWriter(tmp_path / "store", 4, {"reward": [identity(str(base))]}) as w:
+    with StoreWriter(tmp_path / "store", 4, {"reward": [model_identity(str(base))]}) as w:
         w.append(prompt_keys(PROMPTS), PROMPTS, BASELINES)
     env = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": os.environ["PYTHONPATH"],

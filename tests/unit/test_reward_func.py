@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import openrlhf_contrastive.reward_func as module
-from openrlhf_contrastive.fingerprint import identity
+from openrlhf_contrastive.fingerprint import model_identity
 from openrlhf_contrastive.reward_func import UnpatchedContrastiveReward
 from openrlhf_contrastive.store import StoreError, StoreWriter, prompt_keys
 
@@ -45,7 +45,7 @@ def env(base, store, **extra):
 
 
 def test_file_base_reward_minus_baseline_mean_with_metrics(tmp_path, base_file):
-    store = make_store(tmp_path / "s", identity(str(base_file)))
+    store = make_store(tmp_path / "s", model_identity(str(base_file)))
     func = UnpatchedContrastiveReward(env(base_file, store))
     out = func(["p1" + "x" * 30, "p2" + "x" * 5], ["p1", "p2"], [None, None])
     assert torch.allclose(out["rewards"], torch.tensor([3.0 - 2.0, 0.5 - 1.0]))
@@ -59,14 +59,14 @@ def test_file_base_reward_minus_baseline_mean_with_metrics(tmp_path, base_file):
 
 
 def test_shape_coef_and_label_keys_come_from_the_environment(tmp_path, base_file):
-    store = make_store(tmp_path / "s", identity(str(base_file)), labels=["a", "b"])
+    store = make_store(tmp_path / "s", model_identity(str(base_file)), labels=["a", "b"])
     func = UnpatchedContrastiveReward(env(base_file, store, CONTRASTIVE_SHAPE="max", CONTRASTIVE_COEF="0.5", CONTRASTIVE_LABEL_KEYED="1"))
     out = func(["p1" + "x" * 10], ["p1"], ["a"])
     assert out["rewards"].tolist() == [pytest.approx(1.0 - 0.5 * 3.0)]
 
 
 def test_missing_prompts_error_or_keep_r(tmp_path, base_file):
-    store = make_store(tmp_path / "s", identity(str(base_file)))
+    store = make_store(tmp_path / "s", model_identity(str(base_file)))
     with pytest.raises(ValueError, match=r"(?s)1 of 1 rollouts have no baselines.*'other'.*CONTRASTIVE_ON_MISSING=raw"):
         UnpatchedContrastiveReward(env(base_file, store))(["otherxx"], ["other"], [None])
     out = UnpatchedContrastiveReward(env(base_file, store, CONTRASTIVE_ON_MISSING="raw"))(["otherxx"], ["other"], [None])
@@ -84,7 +84,7 @@ def test_missing_prompts_error_or_keep_r(tmp_path, base_file):
     ],
 )
 def test_configuration_errors_name_the_variable_and_the_fix(tmp_path, base_file, settings, error, message):
-    store = make_store(tmp_path / "s", identity(str(base_file)))
+    store = make_store(tmp_path / "s", model_identity(str(base_file)))
     environ = env(base_file, store, **settings) if settings else {}
     with pytest.raises(error, match=message):
         UnpatchedContrastiveReward(environ)
@@ -127,7 +127,7 @@ def test_http_base_reward_speaks_openrlhfs_remote_rm_protocol(tmp_path):
 
 def test_loaded_as_openrlhf_loads_it_the_file_builds_reward_func_at_import(tmp_path, base_file, monkeypatch):
     """OpenRLHF: spec_from_file_location("reward_func", path) then exec_module; errors surface at import."""
-    store = make_store(tmp_path / "s", identity(str(base_file)))
+    store = make_store(tmp_path / "s", model_identity(str(base_file)))
 
     def load():
         spec = importlib.util.spec_from_file_location("reward_func", module.__file__)
