@@ -1,4 +1,4 @@
-"""`openrlhf-contrastive {patch, sample, inspect, demo}`."""
+"""`openrlhf-contrastive {patch, sample, inspect, demo, evaluate, rescore}`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from openrlhf_contrastive import patching, report, stage
+from openrlhf_contrastive import evaluate, patching, report, rescore, stage
 from openrlhf_contrastive.demo import run as demo
 from openrlhf_contrastive.store import StoreError
 
@@ -67,7 +67,21 @@ def _demo(argv: list[str]) -> int:
     return demo.main(argv)
 
 
-COMMANDS = {"patch": _patch, "sample": _sample, "inspect": _inspect, "demo": _demo}
+def _evaluate(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        evaluate.main(argv)
+    except (StoreError, ValueError) as e:
+        print(f"openrlhf-contrastive evaluate: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _rescore(argv: list[str]) -> int:
+    return rescore.main(argv)
+
+
+COMMANDS = {"patch": _patch, "sample": _sample, "inspect": _inspect, "demo": _demo, "evaluate": _evaluate, "rescore": _rescore}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             "  patch    add the --reward_fn extension point to the installed openrlhf (--check, --revert)\n"
             "  sample   the offline stage: k baseline rewards per prompt into --contrastive.baseline_path\n"
             "  inspect  summarise a baseline store (prompts, k, provenance, baselines, coverage) and write a PNG\n"
-            "  demo     the CPU end-to-end demo: baselines on vLLM, fresh rollouts, r and r - b, a report",
+            "  demo     the CPU end-to-end demo: baselines on vLLM, fresh rollouts, r and r - b, a report\n"
+            "  evaluate a policy (e.g. a PPO checkpoint) against the store's SFT baselines: win rates, second rewards, a judge\n"
+            "  rescore  score a store's kept responses with another reward into a new store (no generation)",
             file=sys.stderr,
         )
         return 0 if argv and argv[0] in ("-h", "--help") else 2

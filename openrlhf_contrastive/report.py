@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from openrlhf_contrastive.store import BaselineStore, prompt_key, prompt_keys, read_prompt_texts
+from openrlhf_contrastive.store import BaselineStore, prompt_key, prompt_keys, read_prompt_texts, read_responses
 
 
 @dataclass
@@ -106,6 +106,13 @@ def describe(store: BaselineStore, rollouts: ScoredRollouts | None = None, cover
                 prompt, _, label = texts.get(int(store.keys[i]), "?").partition("\x00")  # label keyed: prompt NUL label
                 shown = f"...{prompt[-80:]!r}" + (f"  label {label!r}" if label else "")
                 lines.append(f"    mean {store.mean[i]:+.3f}  std {store.std[i]:.3f}  {shown}")
+        if store.has_responses:  # --contrastive.keep_responses: the k texts behind the rewards
+            responses = read_responses(store.path)
+            lines.append("  kept responses (the hardest and the easiest prompt):")
+            for i in dict.fromkeys((int(order[0]), int(order[-1]))):
+                lines.append(f"    prompt ...{texts.get(int(store.keys[i]), '?').partition(chr(0))[0][-60:]!r}")
+                for text, reward in zip(responses.get(int(store.keys[i]), []), store.rewards[i]):
+                    lines.append(f"      r {reward:+.3f}  {text[:100]!r}" + ("..." if len(text) > 100 else ""))
     if coverage is not None:
         lines.append(f"  coverage of the given prompts: {coverage:.1%}")
     if rollouts is not None:
