@@ -104,12 +104,25 @@ def build_prompts(args, tokenizer, strategy) -> tuple[list[str], list[str]]:
     from openrlhf.datasets.prompts_dataset import PromptDataset
     from openrlhf.datasets.utils import blending_datasets
 
-    data = blending_datasets(
-        args.data.prompt_dataset, args.data.prompt_probs, strategy, args.train.seed,
-        max_count=args.data.max_samples, dataset_split=args.data.prompt_split,
-    )
+    try:
+        data = blending_datasets(
+            args.data.prompt_dataset, args.data.prompt_probs, strategy, args.train.seed,
+            max_count=args.data.max_samples, dataset_split=args.data.prompt_split,
+        )
+    except Exception as e:  # the datasets library's many loader errors (format, cache disk, hub), named with their cause
+        cause = f"{type(e).__name__}: {e}" + (f" (caused by {type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else "")
+        raise InputError(
+            f"--data.prompt_dataset {args.data.prompt_dataset} could not be loaded by OpenRLHF's blending_datasets: "
+            f"{cause}. Check the file or dataset name, its format, and that the datasets cache "
+            "(HF_DATASETS_CACHE, default ~/.cache/huggingface/datasets) has free space."
+        ) from e
     data = data.select(range(min(args.data.max_samples, len(data))))
     dataset = PromptDataset(data, tokenizer, strategy, input_template=args.data.input_template)
+    if not dataset.prompts:
+        raise InputError(
+            f"--data.prompt_dataset {args.data.prompt_dataset} gave no prompts (split {args.data.prompt_split!r}, "
+            f"--data.max_samples {args.data.max_samples}). Check the dataset and these flags."
+        )
     return dataset.prompts, dataset.labels
 
 

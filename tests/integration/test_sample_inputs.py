@@ -116,3 +116,46 @@ def test_reward_source_problems_are_refused_naming_prompt_and_source(models, tmp
     assert err.startswith(f"openrlhf-contrastive sample: --reward.remote_url {reward} gave ")
     assert "of the prompt 'Question 0" in err
     assert len(BaselineStore.load(tmp_path / "s")) == 0  # nothing of the failing chunk was stored
+
+
+FULL_DISK = """
+import resource, signal, sys
+limit = int(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from openrlhf_contrastive import cli
+sys.exit(cli.main(["sample", *sys.argv[2:]]))
+"""
+
+
+def test_a_disk_that_fills_up_ends_with_the_fix_and_loses_nothing(models, tmp_path):
+    """Files may not grow past 4 KiB (RLIMIT_FSIZE). First the datasets cache cannot be written; once it is (a run of
+    3 prompts without the limit), the store's prompts.bin fills up after some chunks."""
+    import subprocess
+    import sys
+
+    from openrlhf_contrastive.store import BaselineStore
+
+    policy, _ = models
+    prompts = tmp_path / "many.jsonl"
+    prompts.write_text("".join(json.dumps({"input": f"Question {i}: what is {i} plus two?"}) + "\n" for i in range(100)))
+    argv = flags((policy, prompts), tmp_path / "s", reward_file(tmp_path, GOOD_REWARD))
+
+    def run(*extra, limit=None):
+        cmd = [sys.executable, "-c", FULL_DISK, str(limit)] if limit else [sys.executable, "-m", "openrlhf_contrastive.cli"]
+        proc = subprocess.run([*cmd, *([] if limit else ["sample"]), *argv, *extra], capture_output=True, text=True,
+                              timeout=600)
+        return proc.returncode, proc.stderr.rstrip().splitlines()[-1] if proc.stderr.strip() else ""
+
+    rc, last = run(limit=4096)
+    assert rc == 2 and last.startswith("openrlhf-contrastive sample: --data.prompt_dataset") and "has free space" in last
+    assert "File too large" in last and not (tmp_path / "s").exists()
+
+    assert run("--data.max_samples", "3")[0] == 0  # fills the datasets cache, samples 3 prompts
+    rc, last = run(limit=4096)
+    assert rc == 2 and last.startswith("openrlhf-contrastive sample: [Errno 27] File too large"), last
+    assert "free space or fix the permissions" in last and "is kept" in last
+    done = len(BaselineStore.load(tmp_path / "s"))
+    assert 3 < done < 100
+    assert run()[0] == 0
+    assert len(BaselineStore.load(tmp_path / "s")) == 100
