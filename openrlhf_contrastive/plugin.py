@@ -46,10 +46,17 @@ class ContrastiveReward:
             if args.data.apply_chat_template and not settings.allow_dated_prompts:
                 from openrlhf.utils.utils import get_tokenizer
 
-                tokenizer = get_tokenizer(
-                    args.actor.model_name_or_path, None, "left", None, use_fast=not args.data.disable_fast_tokenizer
-                )
-                check_chat_template_date(args, tokenizer)
+                try:
+                    tokenizer = get_tokenizer(
+                        args.actor.model_name_or_path, None, "left", None, use_fast=not args.data.disable_fast_tokenizer
+                    )
+                except OSError as e:  # not reachable from this node (hub id offline): setup() checks the trainer's
+                    logger.warning(
+                        "contrastive: the chat template of %s is checked for dates when training starts (its tokenizer "
+                        "cannot be loaded here: %s)", args.actor.model_name_or_path, e,
+                    )
+                else:
+                    check_chat_template_date(args, tokenizer)
         except InputError as e:
             raise SystemExit(f"--reward_fn contrastive: {e}") from None
         has_store = Path(settings.baseline_path, HEADER).exists()
@@ -77,6 +84,8 @@ class ContrastiveReward:
         """Before the first PPO step: run the offline stage on the trainer's own engines when the store misses
         prompts of the training set (none: zero generations), then load and validate it and report its coverage."""
         args = trainer.args
+        if args.data.apply_chat_template and getattr(trainer, "tokenizer", None) is not None:
+            check_chat_template_date(args, trainer.tokenizer)  # also at parse time, where the tokenizer loads
         dataset = getattr(getattr(trainer, "prompts_dataloader", None), "dataset", None)
         keys = None
         if dataset is not None:

@@ -251,7 +251,6 @@ def summarize(args, log, prompts: int, duplicates: int, already: int, generation
 def run_in_job(trainer) -> dict:
     """The stage inside train_ppo_ray, on the trainer's own vLLM engines and reward group (start of fit)."""
     args = trainer.args
-    check_chat_template_date(args, trainer.tokenizer)  # also refused at parse time (check_args); here for the record
     dataset = trainer.prompts_dataloader.dataset
     return run_stage(args, OpenRLHFBackend.from_trainer(trainer), dataset.prompts, dataset.labels, log=logger.info)
 
