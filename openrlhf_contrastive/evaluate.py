@@ -323,12 +323,12 @@ def evaluate(args, log=print) -> dict:
         with backend.awake():
             for idx, experiences in sampled_chunks(backend, chunks, prompts, labels, keys, n):
                 backend.score(experiences)
-                check_rewards(experiences, args)
+                check_rewards(experiences, args, "a response of the policy under evaluation")
                 rewards.append(penalised_rewards(experiences, args, n))
                 texts.extend(response_texts(experiences, backend.tokenizer, n))
                 for name, scorer in scorers:
                     scorer.score(experiences)
-                    check_rewards(experiences, scorer.args)
+                    check_rewards(experiences, scorer.args, "a response of the policy under evaluation")
                     second_policy[name].append(np.array([float(e.rewards.flatten()[0]) for e in experiences]).reshape(-1, n))
                 bar.update(len(idx))
     finally:

@@ -198,7 +198,7 @@ def run_stage(args, backend, prompts, labels, log=print) -> dict:
             for idx, experiences in sampled_chunks(backend, todo, prompts_u, labels_u, keys, k):
                 # 4. score them with the training reward
                 backend.score(experiences)
-                check_rewards(experiences, args)
+                check_rewards(experiences, args)  # one finite reward per response, before anything is written
                 # 5. penalise: OpenRLHF's length penalties, as in training
                 rewards = penalised_rewards(experiences, args, k)
                 # 6. append to the store (keys already stored are skipped by the writer)

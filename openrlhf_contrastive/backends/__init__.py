@@ -73,8 +73,10 @@ def rewards_from_rollout_actor(args) -> bool:
     return bool(args.reward.remote_url or getattr(args.train, "agent_func_path", None))
 
 
-def check_rewards(experiences, args) -> None:
+def check_rewards(experiences, args, responses: str = "a baseline response") -> None:
     """Each response has exactly one finite reward, else refuse naming the prompt and the reward source.
+
+    `responses` says whose responses they are in the message (baselines for the stage; evaluate's policy).
 
     Run on every chunk before anything is written: a reward source that returns nothing, several values per
     response, NaN or inf would otherwise be stored silently (or break training later).
@@ -98,10 +100,10 @@ def check_rewards(experiences, args) -> None:
             "('Failed to fetch reward')." if what == "no reward" and rewards_from_rollout_actor(args) else ""
         )
         raise ValueError(
-            f"{reward_source(args)} gave {what} for a baseline response of the prompt {e.prompts[0][:200]!r} "
+            f"{reward_source(args)} gave {what} for {responses} of the prompt {e.prompts[0][:200]!r} "
             f"({len(problems)} of {len(experiences)} responses of this chunk have such a problem). Every response needs "
             f"exactly one finite reward, as in training; nothing of this chunk was written.{hint} Fix the reward "
-            "source and rerun: finished prompts are kept."
+            "source and rerun."
         )
 
 
