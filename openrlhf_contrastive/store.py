@@ -47,6 +47,7 @@ HEADER, REWARDS, PROMPTS, RESPONSES, LOCK = "header.json", "rewards.bin", "promp
 
 # Odd 64-bit multipliers for the record checksum (vectorised; detects torn and flipped records).
 _MIX = np.array([0x9E3779B97F4A7C15 + 2 * i for i in range(64)], dtype=np.uint64)
+_SALT = np.uint64(0x5C0FFEE0DDBA11)
 _MAGIC = b"OCP1"
 _FRAME = struct.Struct("<QIQ")  # key, length, checksum of (key, length, text)
 _FRAME_HEAD = len(_MAGIC) + _FRAME.size
@@ -92,7 +93,7 @@ def record_dtype(k: int) -> np.dtype:
 
 def _checksums(records: np.ndarray) -> np.ndarray:
     words = records.view(np.uint64).reshape(len(records), records.dtype.itemsize // 8)[:, :-1]  # also for 0 records
-    mixed = (words * _MIX[: words.shape[1]]).sum(axis=1, dtype=np.uint64)
+    mixed = (words * _MIX[: words.shape[1]]).sum(axis=1, dtype=np.uint64) + _SALT  # salt: a zeroed record fails
     return mixed ^ (mixed >> np.uint64(29))
 
 

@@ -248,3 +248,12 @@ def test_responses_must_match_the_store(tmp_path):
         StoreWriter(tmp_path, 3, FP, keep_responses=True)
     with StoreWriter(tmp_path / "kept", 3, FP, keep_responses=True) as w, pytest.raises(ValueError, match="required"):
         w.append(prompt_keys(PROMPTS), PROMPTS, REW)
+
+
+def test_a_zero_filled_tail_is_not_a_record(tmp_path):
+    """A file end zero-filled by a crash (some file systems do) must not load as a prompt with key 0."""
+    write(tmp_path)
+    with open(tmp_path / REWARDS, "ab") as f:
+        f.write(bytes(record_dtype(3).itemsize))
+    store = BaselineStore.load(tmp_path)
+    assert len(store) == 3 and 0 not in store.keys.tolist()
