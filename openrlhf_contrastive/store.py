@@ -337,6 +337,8 @@ def compare_fingerprints(stored: dict, expected: dict, path, accept_mismatch: bo
             was = (stored.get("info") or {}).get(_PATHS_OF[name])
             now = (expected.get("info") or {}).get(_PATHS_OF[name])
             diff += f" (store made from {was!r}; this run uses {now!r})"
+            if ("sha256-full:" in repr(stored.get(name))) != ("sha256-full:" in repr(value)):
+                diff += "; one digest is full, the other sampled: set OPENRLHF_CONTRASTIVE_FULL_DIGEST alike for both"
         diffs.append(diff)
     if diffs and not accept_mismatch:
         raise StoreError(

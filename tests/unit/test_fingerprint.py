@@ -86,3 +86,10 @@ def test_large_weight_files_are_sampled_header_and_windows(tmp_path):
     assert content_digest(shard("header", body, other_shape)) != content_digest(base)
     assert content_digest(shard("outside", outside)) == content_digest(base)
     assert content_digest(str(tmp_path / "outside"), full=True) != content_digest(base, full=True)
+
+
+def test_a_full_against_a_sampled_digest_names_the_variable():
+    from openrlhf_contrastive.store import StoreError, compare_fingerprints
+
+    with pytest.raises(StoreError, match="one digest is full, the other sampled: set OPENRLHF_CONTRASTIVE_FULL_DIGEST"):
+        compare_fingerprints({"policy": "sha256-full:1234"}, {"policy": "sha256:abcd"}, "store")
