@@ -41,22 +41,28 @@ def _patch(argv: list[str]) -> int:
         return 2
 
 
-def _sample(argv: list[str]) -> int:
+def _reporting_user_errors(command: str, run, argv: list[str]) -> int:
+    """Run a command; a user error (bad input, store, reward source, a file that cannot be written) ends with its
+    what / why / fix message on stderr and exit code 2 instead of a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        stage.main(argv)
+        run(argv)
     except (StoreError, ValueError) as e:
-        print(f"openrlhf-contrastive sample: {e}", file=sys.stderr)
+        print(f"openrlhf-contrastive {command}: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a disk that is full or read-only, a quota, a file size limit, an unreadable file
         print(
-            f"openrlhf-contrastive sample: {e}. Reading or writing a file failed: free space or fix the permissions "
-            f"of the named file (for the store, --contrastive.baseline_path) and rerun the same command: every prompt "
-            "whose record was written is kept, the rest are sampled again.",
+            f"openrlhf-contrastive {command}: {e}. Reading or writing a file failed: free space or fix the permissions "
+            f"of the named file (for a store, its directory) and rerun the same command: every prompt whose record was "
+            "written is kept, the rest are done again.",
             file=sys.stderr,
         )
         return 2
     return 0
+
+
+def _sample(argv: list[str]) -> int:
+    return _reporting_user_errors("sample", stage.main, argv)
 
 
 def _inspect(argv: list[str]) -> int:
@@ -68,13 +74,7 @@ def _demo(argv: list[str]) -> int:
 
 
 def _evaluate(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        evaluate.main(argv)
-    except (StoreError, ValueError) as e:
-        print(f"openrlhf-contrastive evaluate: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return _reporting_user_errors("evaluate", evaluate.main, argv)
 
 
 def _rescore(argv: list[str]) -> int:
