@@ -36,8 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from openrlhf_contrastive.checks import InputError
+from openrlhf_contrastive.backends import DriverStrategy, check_rewards, default_backend, reward_source, response_texts
+from openrlhf_contrastive.checks import InputError, check_chat_template_date
+from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 from openrlhf_contrastive.flags import add_eval_args
+from openrlhf_contrastive.rescore import check_reward_sources, kept_response_rewards, require_responses
+from openrlhf_contrastive.stage import build_parser as stage_parser
+from openrlhf_contrastive.stage import build_prompts, penalised_rewards, sampled_chunks, unique_prompts
+from openrlhf_contrastive.stage import parse_args as parse_stage_args
 from openrlhf_contrastive.store import BaselineStore, StoreError, compare_fingerprints, read_responses
 
 logger = logging.getLogger(__name__)
@@ -188,7 +194,6 @@ def judge_win_rates(judge, path: str, prompts, policy_texts, baseline_texts, bar
 # -- flags and checks (nothing loaded yet) ----------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from openrlhf_contrastive.stage import build_parser as stage_parser
 
     parser = stage_parser()
     parser.prog = "openrlhf-contrastive evaluate"
@@ -203,7 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str]):
-    from openrlhf_contrastive.stage import parse_args as parse_stage_args
 
     args = parse_stage_args(argv, build_parser())
     if args.eval.n < 1:
@@ -218,7 +222,6 @@ def parse_args(argv: list[str]):
 
 def open_store(args) -> tuple[BaselineStore, list[str]]:
     """The store, checked against this run's settings except the policy (and k: the policy samples --eval.n)."""
-    from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 
     store = BaselineStore.load(args.contrastive.baseline_path)
     if not len(store):
@@ -240,7 +243,6 @@ def open_store(args) -> tuple[BaselineStore, list[str]]:
 
 def second_rewards(args) -> list[tuple[str, object]]:
     """(name, args scoring with it) of each --eval.reward.* source: raw scores, no normalisation or penalties."""
-    from openrlhf_contrastive.rescore import check_reward_sources
 
     check_reward_sources(args.eval.reward.remote_url, "--eval.reward.remote_url")
     check_reward_sources(args.eval.reward.model_name_or_path, "--eval.reward.model_name_or_path")
@@ -264,11 +266,7 @@ def evaluate(args, log=print) -> dict:
 
     from openrlhf.utils.utils import get_tokenizer
 
-    from openrlhf_contrastive.backends import DriverStrategy, check_rewards, default_backend, reward_source, response_texts
     from openrlhf_contrastive.backends.hf import HFBackend  # also the scorer of second rewards
-    from openrlhf_contrastive.checks import check_chat_template_date
-    from openrlhf_contrastive.rescore import kept_response_rewards, require_responses
-    from openrlhf_contrastive.stage import build_prompts, penalised_rewards, sampled_chunks, unique_prompts
 
     # 1. check everything before a model loads
     store, fingerprint_diffs = open_store(args)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from openrlhf_contrastive.store import BaselineStore, prompt_key, prompt_keys, read_prompt_texts, read_responses
+from openrlhf_contrastive.store import BaselineStore, StoreError, prompt_key, prompt_keys, read_prompt_texts, read_responses
 
 
 @dataclass
@@ -189,7 +189,6 @@ def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from openrlhf_contrastive.store import StoreError
 
     parser = argparse.ArgumentParser(
         prog="openrlhf-contrastive inspect",

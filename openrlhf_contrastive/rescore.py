@@ -23,14 +23,16 @@ import numpy as np
 
 from openrlhf_contrastive.backends import check_rewards, experiences_from_texts
 from openrlhf_contrastive.checks import InputError
+from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 from openrlhf_contrastive.flags import add_rescore_args
+from openrlhf_contrastive.stage import build_parser as stage_parser
+from openrlhf_contrastive.stage import penalised_rewards
 from openrlhf_contrastive.store import BaselineStore, StoreError, StoreWriter, read_prompt_texts, read_responses
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser():
-    from openrlhf_contrastive.stage import build_parser as stage_parser
 
     parser = stage_parser()
     parser.prog = "openrlhf-contrastive rescore"
@@ -104,7 +106,6 @@ def kept_response_rewards(scorer, args, prompts, labels, responses, k: int, pena
     OpenRLHF's length penalties of `args` when `penalise` (as the stage applies them); `bar` counts prompts."""
     import torch
 
-    from openrlhf_contrastive.stage import penalised_rewards
 
     out = []
     for start in range(0, len(prompts), chunk):
@@ -128,7 +129,6 @@ def rescore(args, log=print) -> dict:
     from tqdm import tqdm
 
     from openrlhf_contrastive.backends.hf import HFBackend
-    from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 
     source = BaselineStore.load(args.contrastive.baseline_path)
     responses = require_responses(source, "rescore")
