@@ -43,13 +43,22 @@ def kv_cache_why_and_fix(args) -> str:
 
 
 def check_cpu_kv_cache_size(args) -> None:
-    """On vLLM's CPU platform, refuse before anything starts when the engines' KV cache would be a share of memory."""
+    """On vLLM's CPU platform, refuse before anything starts when the engines' KV cache would be a share of memory
+    (or the size is not the whole number of GiB vLLM reads)."""
     from vllm.platforms import current_platform
 
-    if current_platform.is_cpu() and not os.environ.get(KV_CACHE_SPACE):
+    if not current_platform.is_cpu():
+        return
+    space = os.environ.get(KV_CACHE_SPACE)
+    if not space:
         raise ValueError(
             f"vLLM runs on its CPU backend here and {KV_CACHE_SPACE} is not set, so its engines would size their KV "
             f"cache by a share of memory. {kv_cache_why_and_fix(args)}"
+        )
+    if not space.strip().isdigit() or int(space) < 1:
+        raise ValueError(
+            f"{KV_CACHE_SPACE}={space!r}: vLLM reads it as a whole number of GiB (at least 1) for the KV cache of each "
+            f"CPU engine, and would fail on this value. Set it to one, e.g. {KV_CACHE_SPACE}=1."
         )
 
 
