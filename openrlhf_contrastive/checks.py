@@ -70,6 +70,31 @@ def check_contrastive_args(args, estimator: str | None = None) -> None:
         )
 
 
+def check_shape_fits_store(shape, store, shape_setting: str = "--contrastive.shape", spread: bool = True) -> None:
+    """The loaded `store` can feed `shape` (set by `shape_setting`): k baselines per prompt, and (unless not
+    `spread`, for a store that the in-job stage may still extend) a spread for zscore.
+
+    Checked where a store is loaded for training (the plugin's check_args and setup, the unpatched reward function),
+    so that a store accepted under --contrastive.accept_fingerprint_mismatch fails before the first rollout.
+    """
+    if store.k < shape.min_k:
+        raise InputError(
+            f"{shape_setting}={shape} compares with the spread of each prompt's baselines, which needs at least "
+            f"{shape.min_k} baseline rewards per prompt, and the store {store.path} has k = {store.k}: every PPO step "
+            f"would fail. Write a store with --contrastive.k >= {shape.min_k} (another --contrastive.baseline_path), or "
+            "choose a shape that one baseline defines (mean, median, quantile:Q, min, max, sigmoid, winrate, ...)."
+        )
+    if spread and shape.name == "zscore" and not store.pooled_std > 0:
+        found = (f"on every one of its {len(store)} prompts the {store.k} baselines are equal" if len(store)
+                 else "it holds no baselines")
+        raise InputError(
+            f"{shape_setting}=zscore divides by the spread of a prompt's baselines, floored relative to the store's "
+            f"typical spread (pooled within-prompt std / sqrt(k)), and the store {store.path} has none: {found}. "
+            f"Choose {shape_setting}=mean or winrate, or sample baselines that differ (a higher --contrastive.k or "
+            "temperature) into a new store."
+        )
+
+
 def check_store_directory(path) -> None:
     """The store path is a directory (or can become one) that this process may write."""
     path = Path(path)

@@ -33,7 +33,7 @@ def add_contrastive_args(parser: argparse.ArgumentParser) -> None:
         "--contrastive.shape", type=str, default="mean",
         help="How r is compared with the prompt's baseline rewards r_1..r_k: mean (the paper: r - mean), median, "
         "quantile:Q, min, max, logmeanexp:BETA (r - BETA * log mean exp(r_j / BETA), A*-PO's V*: the mean as BETA "
-        "grows, the max as it shrinks), zscore ((r - mean) / max(sample std, 1/sqrt(k))), sigmoid (mean of "
+        "grows, the max as it shrinks), zscore ((r - mean) / max(sample std, floor), floor = the store's pooled within-prompt std / sqrt(k): scale-free; k >= 2), sigmoid (mean of "
         "sigmoid(r - r_j)), winrate (fraction of baselines beaten, ties half, centred), logsigmoid or "
         "logsigmoid:Q (LSC: log sigmoid(r - ref), ref = mean + z_Q * std, Q = 0.85).",
     )

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from openrlhf_contrastive import stage
-from openrlhf_contrastive.checks import InputError, check_chat_template_date, check_contrastive_args
+from openrlhf_contrastive.checks import InputError, check_chat_template_date, check_contrastive_args, check_shape_fits_store
 from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 from openrlhf_contrastive.flags import METRIC_REWARD, add_contrastive_args
 from openrlhf_contrastive.shapes import contrastive_batch, parse_shape
@@ -69,10 +69,11 @@ class ContrastiveReward:
             )
         if has_store:
             try:
-                BaselineStore.load(settings.baseline_path).check_fingerprint(
-                    self.fingerprint(args), settings.accept_fingerprint_mismatch
-                )
-            except StoreError as e:
+                store = BaselineStore.load(settings.baseline_path)
+                store.check_fingerprint(self.fingerprint(args), settings.accept_fingerprint_mismatch)
+                # k only: the in-job stage may still add baselines that differ (setup checks the spread)
+                check_shape_fits_store(parse_shape(settings.shape), store, spread=False)
+            except (StoreError, InputError) as e:
                 raise SystemExit(str(e)) from None
 
     def fingerprint(self, args) -> dict:
@@ -92,7 +93,7 @@ class ContrastiveReward:
             keys = prompt_keys(dataset.prompts, dataset.labels if args.data.label_key else None)
             if self._stage_needed(args, keys):
                 stage.run_in_job(trainer)
-                self.store = None
+                self.store = None  # loaded again below, with what the stage added
         self.load(args)
         if keys is not None:
             _, hit = self.store.lookup(keys)
@@ -106,15 +107,17 @@ class ContrastiveReward:
         store made under other settings and accepted with --contrastive.accept_fingerprint_mismatch is never extended)."""
         if not Path(args.contrastive.baseline_path, HEADER).exists():
             return True
-        self.load(args)
-        _, hit = self.store.lookup(keys)
-        return not hit.all() and not self.store.check_fingerprint(self.fingerprint(args), accept_mismatch=True)
+        store = BaselineStore.load(args.contrastive.baseline_path)  # as it is, before the stage completes it
+        _, hit = store.lookup(keys)
+        return not hit.all() and not store.check_fingerprint(self.fingerprint(args), accept_mismatch=True)
 
     def load(self, args) -> None:
-        """Load and validate the store of `args` once (OpenRLHF keeps one plugin object per process)."""
+        """Load and validate the store of `args` once (OpenRLHF keeps one plugin object per process): made under
+        this run's settings (or accepted), and able to feed the shape."""
         if self.store is None or Path(self.store.path) != Path(args.contrastive.baseline_path):
             store = BaselineStore.load(args.contrastive.baseline_path)
             store.check_fingerprint(self.fingerprint(args), args.contrastive.accept_fingerprint_mismatch)
+            check_shape_fits_store(parse_shape(args.contrastive.shape), store)
             self.store = store
 
     # -- every PPO step -------------------------------------------------------------------------------------
@@ -137,7 +140,8 @@ class ContrastiveReward:
         # Rewards are (B,), or (B, 1) when an HTTP reward server answers with lists: shape back at the end.
         r = torch.cat([e.rewards.reshape(-1) for e in experiences])
         _, metrics = contrastive_batch(
-            r, torch.from_numpy(baselines), torch.from_numpy(hit), parse_shape(args.contrastive.shape), args.contrastive.coef
+            r, torch.from_numpy(baselines), torch.from_numpy(hit), parse_shape(args.contrastive.shape),
+            args.contrastive.coef, self.store.pooled_std,
         )
         sizes = [e.rewards.numel() for e in experiences]
         split = {key: tensor.split(sizes) for key, tensor in metrics.items()}

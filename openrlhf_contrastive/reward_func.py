@@ -37,6 +37,7 @@ import os
 import time
 import urllib.request
 
+from openrlhf_contrastive.checks import check_shape_fits_store
 from openrlhf_contrastive.fingerprint import model_identity
 from openrlhf_contrastive.flags import ON_MISSING
 from openrlhf_contrastive.plugin import missing_baselines_message
@@ -113,8 +114,7 @@ class UnpatchedContrastiveReward:
             raise ValueError(f"{ENV_ON_MISSING}={self.on_missing!r}: choose error or raw (as --contrastive.on_missing).")
         self.label_keyed = _flag(environ, ENV_LABEL_KEYED)
         self.store = BaselineStore.load(path)
-        if self.store.k < self.shape.min_k:
-            raise ValueError(f"{ENV_SHAPE}={self.shape} needs k >= {self.shape.min_k} baselines, the store {path} has k={self.store.k}.")
+        check_shape_fits_store(self.shape, self.store, ENV_SHAPE)
         is_url = base.startswith(("http://", "https://"))
         # The store must have been scored by this base reward (the stage records it as its reward source).
         try:
@@ -143,7 +143,9 @@ class UnpatchedContrastiveReward:
                 missing_baselines_message(self.store.path, prompts, hit, "rollouts", f"{ENV_ON_MISSING}=raw")
                 + f" (reward_func.py: {ENV_LABEL_KEYED}=1 keys the store by prompt and label.)"
             )
-        value, metrics = contrastive_batch(raw, torch.from_numpy(baselines), torch.from_numpy(hit), self.shape, self.coef)
+        value, metrics = contrastive_batch(
+            raw, torch.from_numpy(baselines), torch.from_numpy(hit), self.shape, self.coef, self.store.pooled_std
+        )
         extra.update(metrics)
         return {"rewards": value, "scores": scores, "extra_logs": extra}
 

@@ -40,16 +40,17 @@ LOGSIGMOID_LEVEL = 0.85
 """`logsigmoid`'s default reference: the 85th percentile of a normal fit to the baselines, as PAR's LSC code."""
 
 
-def zscore_std_floor(k: int) -> float:
-    """The smallest baseline std `zscore` divides by: 1 / sqrt(k).
+def zscore_std_floor(pooled_std: float, k: int) -> float:
+    """The smallest baseline std `zscore` divides by: the store's pooled within-prompt std / sqrt(k).
 
-    That is the sample std of k 0/1 rewards of which exactly one differs, the smallest non-zero spread k
-    rule-based baselines can show. A prompt whose k baselines all agree (common with 0/1 rewards, where the std
-    is 0) is scored as if one of them had disagreed: |value| <= sqrt(k) * max(1, coef) for 0/1 rewards instead of
-    values like 1e4. With a reward model it acts only on prompts whose baselines spread less than 1/sqrt(k) in
-    reward units: their centred reward is multiplied by at most sqrt(k) instead of 1/std.
+    `pooled_std` is sqrt(mean over the store's prompts of the sample variance of their k baselines), computed once
+    when the store loads (`BaselineStore.pooled_std`): the typical spread of a prompt's baselines. Being relative to
+    the store, the floor scales with the rewards as each std does, so zscore is scale-free (multiplying every reward
+    and baseline by c > 0 leaves every value unchanged, whatever the reward's units). A prompt whose baselines agree
+    more than the floor allows (std 0 when all k are equal, common with 0/1 rule-based rewards) is divided by the
+    floor: its centred reward weighs at most sqrt(k) times as much as on a prompt of typical spread, instead of 1/std.
     """
-    return k**-0.5
+    return pooled_std * k**-0.5
 
 
 @dataclass(frozen=True)
@@ -158,17 +159,22 @@ def baseline_statistic(baselines: torch.Tensor, shape: Shape) -> torch.Tensor:
 
 
 def contrastive_value(
-    rewards: torch.Tensor, baselines: torch.Tensor, shape: Shape | str = "mean", coef: float = 1.0
+    rewards: torch.Tensor,
+    baselines: torch.Tensor,
+    shape: Shape | str = "mean",
+    coef: float = 1.0,
+    pooled_std: float | None = None,
 ) -> torch.Tensor:
     """The contrastive value of each reward given its prompt's k baseline rewards.
 
-    rewards: (B,) rewards r of the rollouts; baselines: (B, k) baseline rewards r_j of each rollout's prompt.
+    rewards: (B,) rewards r of the rollouts; baselines: (B, k) baseline rewards r_j of each rollout's prompt;
+    pooled_std: the store's pooled within-prompt std (`BaselineStore.pooled_std`), which zscore needs for its floor.
     Returns (B,) in the dtype of `rewards` promoted to at least float32:
 
     - per-prompt shifts (mean, median, quantile:q, min, max, logmeanexp:beta):  r - coef * g(r_1..r_k)
       (g of logmeanexp: A*-PO's V* = beta * log mean_j exp(r_j / beta); see `baseline_statistic`)
-    - zscore:     (r - coef * mean_j r_j) / max(std_j r_j, 1 / sqrt(k)), sample std (Bessel's correction, k >= 2),
-                  floored by `zscore_std_floor` so that k equal baselines give a bounded value
+    - zscore:     (r - coef * mean_j r_j) / max(std_j r_j, pooled_std / sqrt(k)), sample std (Bessel's correction,
+                  k >= 2), floored by `zscore_std_floor` so that k equal baselines give a bounded value; scale-free
     - sigmoid:    mean_j sigmoid(r - coef * r_j)                      (bounded in (0, 1); PAR)
     - winrate:    mean_j [1(r > coef * r_j) + 0.5 * 1(r == coef * r_j)] - 0.5   (ties count half; in [-0.5, 0.5])
     - logsigmoid: log sigmoid(r - coef * ref), ref = mean_j r_j + z_q * std_j r_j (LSC; q = 0.85 by default)
@@ -191,7 +197,12 @@ def contrastive_value(
     check_finite(b, "baseline rewards", "Re-run the offline stage; the store should never hold them.")
 
     if shape.name == "zscore":
-        return (r - coef * b.mean(dim=-1)) / b.std(dim=-1).clamp(min=zscore_std_floor(k))
+        if pooled_std is None or not pooled_std > 0:
+            raise ValueError(
+                f"zscore divides by max(std_j, pooled_std / sqrt(k)) and needs the store's pooled within-prompt std > 0 "
+                f"(BaselineStore.pooled_std), got {pooled_std}."
+            )
+        return (r - coef * b.mean(dim=-1)) / b.std(dim=-1).clamp(min=zscore_std_floor(pooled_std, k))
     if shape.name == "sigmoid":
         return torch.sigmoid(r[:, None] - coef * b).mean(dim=-1)
     if shape.name == "winrate":
@@ -203,21 +214,27 @@ def contrastive_value(
 
 
 def contrastive_batch(
-    rewards: torch.Tensor, baselines: torch.Tensor, hit: torch.Tensor, shape: Shape, coef: float
+    rewards: torch.Tensor,
+    baselines: torch.Tensor,
+    hit: torch.Tensor,
+    shape: Shape,
+    coef: float,
+    pooled_std: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The reward to train on and the metrics to log, for a batch whose prompts may miss baselines.
 
     rewards (B,), baselines (B, k) (any values where `hit` is False), hit (B,) bool: whether the rollout's
-    prompt has baselines. Returns (value, metrics), all (B,) in the dtype of `rewards` promoted to at least
-    float32: value is `contrastive_value` where hit and r itself where not; metrics maps the METRIC_* keys to
-    the baseline statistic (0 where missed), r, the value, r > baseline (beat) and hit, as 0/1 floats.
-    Both OpenRLHF paths call this: the plugin's transform and the unpatched reward function.
+    prompt has baselines, pooled_std: the store's `BaselineStore.pooled_std` (zscore's floor). Returns (value,
+    metrics), all (B,) in the dtype of `rewards` promoted to at least float32: value is `contrastive_value` where
+    hit and r itself where not; metrics maps the METRIC_* keys to the baseline statistic (0 where missed), r, the
+    value, r > baseline (beat) and hit, as 0/1 floats. Both OpenRLHF paths call this, with the same store: the
+    plugin's transform and the unpatched reward function.
     """
     import torch
 
     dtype = torch.promote_types(rewards.dtype, torch.float32)
     r, b = rewards.to(dtype), baselines.to(dtype)
-    value = torch.where(hit, contrastive_value(r, b, shape, coef), r)
+    value = torch.where(hit, contrastive_value(r, b, shape, coef, pooled_std), r)
     baseline = torch.where(hit, baseline_statistic(b, shape), torch.zeros_like(r))
     metrics = {
         METRIC_BASELINE: baseline,

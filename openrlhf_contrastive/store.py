@@ -251,6 +251,7 @@ class BaselineStore:
     rewards: np.ndarray  # (N, k) float64, rows in the order of `keys`
     mean: np.ndarray  # (N,)
     std: np.ndarray  # (N,), with Bessel's correction; 0 when k == 1
+    pooled_std: float  # sqrt(mean of std ** 2): the typical spread of a prompt's baselines (zscore's scale); 0 if none
 
     @property
     def k(self) -> int:
@@ -297,7 +298,9 @@ class BaselineStore:
                 f"The baseline store {path} holds a prompt key twice; it was not written by this plugin's stage. "
                 f"{RERUN_FIX}"
             )
-        return cls(str(path), header, keys, rewards, records["mean"][order], records["std"][order])
+        std = records["std"][order]
+        pooled_std = float(np.sqrt(np.mean(np.square(std)))) if len(std) else 0.0
+        return cls(str(path), header, keys, rewards, records["mean"][order], std, pooled_std)
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(baselines, hit) for uint64 `keys`: baselines (n, k) is a copy, with zero rows where hit is False."""

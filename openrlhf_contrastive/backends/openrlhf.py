@@ -15,11 +15,82 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
+import re
+from pathlib import Path
 
 from openrlhf_contrastive.backends import DriverStrategy, remote_reward_sources, rewards_from_rollout_actor, stage_seed
 from openrlhf_contrastive.fingerprint import baseline_temperature
 
 logger = logging.getLogger(__name__)
+
+KV_CACHE_SPACE = "VLLM_CPU_KVCACHE_SPACE"
+
+
+def kv_cache_why_and_fix(args) -> str:
+    """Why a vLLM CPU engine refuses its KV-cache size, and the fix: the end of both refusals below."""
+    space = os.environ.get(KV_CACHE_SPACE)
+    return (
+        f"On its CPU backend vLLM sizes the KV cache as {KV_CACHE_SPACE} GiB when that variable is set, and otherwise "
+        f"as --vllm.gpu_memory_utilization ({args.vllm.gpu_memory_utilization}) of the memory of the CPU's NUMA node "
+        "(clamped to a container's memory limit) minus what the engine process already holds: where the node is "
+        "smaller than the machine or busy, that is negative or more than is free, and vLLM refuses to start. Fix: "
+        + (f"{KV_CACHE_SPACE} is {space} GiB in this process; " if space else "")
+        + f"set {KV_CACHE_SPACE}=<GiB> to a size the node's free memory holds (1 is plenty for small models and few "
+        "concurrent sequences) where the engines run (on a Ray cluster: in every node's environment or the job's "
+        "runtime_env), or use --contrastive.backend hf (transformers on one device, no vLLM)."
+    )
+
+
+def check_cpu_kv_cache_size(args) -> None:
+    """On vLLM's CPU platform, refuse before anything starts when the engines' KV cache would be a share of memory
+    (or the size is not the whole number of GiB vLLM reads)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    space = os.environ.get(KV_CACHE_SPACE)
+    if not space:
+        raise ValueError(
+            f"vLLM runs on its CPU backend here and {KV_CACHE_SPACE} is not set, so its engines would size their KV "
+            f"cache by a share of memory. {kv_cache_why_and_fix(args)}"
+        )
+    if not space.strip().isdigit() or int(space) < 1:
+        raise ValueError(
+            f"{KV_CACHE_SPACE}={space!r}: vLLM reads it as a whole number of GiB (at least 1) for the KV cache of each "
+            f"CPU engine, and would fail on this value. Set it to one, e.g. {KV_CACHE_SPACE}=1."
+        )
+
+
+def wait_for_engines(engines, args) -> None:
+    """Wait until every engine has started; vLLM's refusal of its CPU KV-cache size becomes what / why / fix."""
+    import ray
+
+    try:
+        ray.get([engine.__ray_ready__.remote() for engine in engines])
+    except ray.exceptions.RayActorError as e:
+        refusal = kv_cache_refusal(e)
+        if refusal is None:
+            raise
+        raise ValueError(
+            f"vLLM refused to start its CPU engine: the KV cache does not fit the memory it sees on the NUMA node "
+            f"(vLLM: {refusal!r}). {kv_cache_why_and_fix(args)}"
+        ) from None
+
+
+def kv_cache_refusal(error) -> str | None:
+    """vLLM's words when it refused an engine's KV-cache size, found in the engine actor's error or, since vLLM's async
+    engine runs its core in a child process whose traceback reaches only the actor's log, in that log on this node."""
+    import ray
+
+    refusal = re.compile(r"Available memory on node[^\n]*")
+    found = refusal.search(str(error))
+    pid = re.search(r"\bpid=(\d+)", str(error))
+    node = ray._private.worker._global_node  # this process's Ray node (its logs directory), None when not connected
+    if found is None and pid and node is not None:
+        for log in sorted(Path(node.get_logs_dir_path()).glob(f"worker-*-{pid.group(1)}.*")):
+            found = found or refusal.search(log.read_text(errors="replace"))
+    return found.group(0).strip() if found else None
 
 
 def engines_run_on_cpu(engines) -> bool:
@@ -74,6 +145,7 @@ class OpenRLHFBackend:
         from openrlhf.trainer.ray.vllm_engine import create_vllm_engines
         from openrlhf.utils.utils import get_tokenizer
 
+        check_cpu_kv_cache_size(args)
         num_engines = args.vllm.num_engines or 1
         remote = remote_reward_sources(args)
         needed = num_engines * args.vllm.tensor_parallel_size
@@ -106,6 +178,7 @@ class OpenRLHFBackend:
             agent_func_path=args.train.agent_func_path,
             remote_rm_url=remote,
         )
+        wait_for_engines(engines, args)
         group = None
         if not rewards_from_rollout_actor(args):
             from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor

@@ -377,8 +377,7 @@ def test_evaluate_through_the_openrlhf_backend_on_vllm_cpu(env, tmp_path, monkey
              runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": os.environ["PYTHONPATH"]}})
     try:
         report = evaluate(env, tmp_path / "out", "--contrastive.backend", "openrlhf", "--vllm.num_engines", "1",
-                          "--vllm.enforce_eager", "--vllm.gpu_memory_utilization", "0.05",
-                          "--eval.judge", str(env["tmp"] / "judge_bang.py"), policy=env["better"])
+                          "--vllm.enforce_eager", "--eval.judge", str(env["tmp"] / "judge_bang.py"), policy=env["better"])
     finally:
         ray.shutdown()
     assert report["backend"] == "openrlhf"

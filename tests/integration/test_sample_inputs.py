@@ -70,6 +70,29 @@ def test_bad_settings_are_refused_before_anything_is_written(models, tmp_path, c
     assert sample(capsys, flags(models, tmp_path / "s", reward_file(tmp_path, GOOD_REWARD)))[0] == 0
 
 
+@pytest.mark.parametrize("space, expected", [
+    (None, ["vLLM runs on its CPU backend here and VLLM_CPU_KVCACHE_SPACE is not set",
+            "of the memory of the CPU's NUMA node", "set VLLM_CPU_KVCACHE_SPACE=<GiB>", "or use --contrastive.backend hf"]),
+    ("1.5", ["VLLM_CPU_KVCACHE_SPACE='1.5': vLLM reads it as a whole number of GiB", "VLLM_CPU_KVCACHE_SPACE=1."]),
+], ids=["unset", "fraction"])
+def test_vllm_cpu_engines_without_a_usable_kv_cache_size_are_refused_before_anything_starts(
+    models, tmp_path, capsys, monkeypatch, space, expected
+):
+    """On vLLM's CPU platform the openrlhf backend would size its engines' KV cache by a share of the NUMA node's
+    memory (or vLLM would fail to read the size): `sample` says so and how to fix it before Ray or an engine starts
+    (tests/conftest.py pins the size)."""
+    import ray
+
+    if space is None:
+        monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
+    else:
+        monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", space)
+    rc, err = sample(capsys, flags(models, tmp_path / "s", reward_file(tmp_path, GOOD_REWARD), "--contrastive.backend", "openrlhf"))
+    assert rc == 2 and err.startswith(f"openrlhf-contrastive sample: {expected[0]}")
+    assert all(part in err for part in expected)
+    assert not ray.is_initialized() and not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize(
     "content, expected",
     [

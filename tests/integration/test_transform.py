@@ -224,6 +224,47 @@ def test_a_store_made_under_other_settings_is_refused_at_parse_time(tmp_path, ba
     assert accepted.contrastive.accept_fingerprint_mismatch
 
 
+def trainer_of(args, prompts):
+    """What setup(trainer) reads of OpenRLHF's PPOTrainer: args, tokenizer, the prompt dataset."""
+    dataset = SimpleNamespace(prompts=list(prompts), labels=[""] * len(prompts))
+    return SimpleNamespace(args=args, tokenizer=None, prompts_dataloader=SimpleNamespace(dataset=dataset))
+
+
+def test_a_store_too_small_for_the_shape_is_refused_before_any_rollout(tmp_path, baselines, monkeypatch):
+    """A store of k = 1 accepted under --contrastive.accept_fingerprint_mismatch cannot feed zscore: refused when
+    train_ppo_ray parses its flags and, for a store that appears later, in setup(trainer), not at the first PPO step."""
+    from openrlhf_contrastive import stage
+    from openrlhf_contrastive.plugin import ContrastiveReward
+
+    store = tmp_path / "store"
+    flags = ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(store), "--contrastive.shape", "zscore",
+             "--contrastive.accept_fingerprint_mismatch"]
+    args = make_args(tmp_path, "gae", 1, flags)
+    with StoreWriter(store, 1, training_fingerprint(args, 1, args.rollout.temperature)) as writer:
+        writer.append(prompt_keys(PROMPTS), PROMPTS, baselines[:, :1])
+    expected = r"--contrastive.shape=zscore .* needs at least 2 baseline rewards per prompt, and the store .* has k = 1"
+    with pytest.raises(SystemExit, match=expected):
+        make_args(tmp_path, "gae", 1, flags)
+    monkeypatch.setattr(stage, "run_in_job", lambda trainer: pytest.fail("no stage: the store holds every prompt"))
+    with pytest.raises(ValueError, match=expected + r".*--contrastive.k >= 2"):
+        ContrastiveReward().setup(trainer_of(args, PROMPTS))
+
+
+def test_zscore_on_a_store_without_spread_is_refused_in_setup(tmp_path, baselines):
+    """Every prompt's baselines equal (0/1 rewards, all right or all wrong): zscore has no scale to divide by. At
+    parse time a store may still grow (the in-job stage), so setup, which loads it complete, refuses."""
+    from openrlhf_contrastive.plugin import ContrastiveReward
+
+    flags = ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path), "--contrastive.shape", "zscore"]
+    args = make_args(tmp_path, "gae", 1, flags)
+    write_store(tmp_path, args, PROMPTS, np.repeat(np.arange(len(PROMPTS), dtype=float)[:, None] % 2, K, axis=1))
+    make_args(tmp_path, "gae", 1, flags)
+    with pytest.raises(ValueError, match=f"on every one of its {len(PROMPTS)} prompts the {K} baselines are equal"):
+        ContrastiveReward().setup(trainer_of(args, PROMPTS))
+    args.contrastive.shape = "mean"
+    ContrastiveReward().setup(trainer_of(args, PROMPTS))
+
+
 def test_rewards_of_shape_b_by_1_from_an_http_reward_server(tmp_path, baselines):
     """OpenRLHF wraps an HTTP server's list reward as torch.tensor([[x]]): rewards (B, 1) work as (B,) do."""
     args = make_args(tmp_path, "gae", 4, ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path)])

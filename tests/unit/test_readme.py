@@ -73,7 +73,8 @@ def test_the_shape_table_lists_every_shape_and_where_it_cancels():
 
 def test_the_shape_table_states_zscores_std_and_winrates_ties():
     table = section("Shapes")
-    assert "sample std (Bessel's correction" in table and "max(std_j r_j, 1/sqrt(k))" in table
+    assert "sample std (Bessel's correction" in table and "max(std_j r_j, s / sqrt(k))" in table
+    assert "pooled within-prompt std" in table and "scale-free" in table
     assert "ties counting half" in table
 
 
@@ -86,7 +87,9 @@ def test_every_refused_estimator_is_explained():
 @pytest.mark.parametrize(
     "heading",
     ["unrecognized arguments: --reward_fn", "have no baselines in the store", "writes today's date",
-     "subtracts the mean reward of each prompt's own rollout group", "was made under other settings than this run"],
+     "subtracts the mean reward of each prompt's own rollout group", "was made under other settings than this run",
+     "compares with the spread of each prompt's baselines, which needs at least 2",
+     "vLLM runs on its CPU backend here and VLLM_CPU_KVCACHE_SPACE is not set", "vLLM refused to start its CPU engine"],
 )
 def test_troubleshooting_quotes_the_messages_users_see(heading):
     assert heading in section("Troubleshooting")

@@ -35,7 +35,7 @@ def base_file(tmp_path):
 
 
 def make_store(path, reward_source, prompts=("p1", "p2"), rewards=((1.0, 2.0, 3.0), (0.0, 0.0, 3.0)), labels=None):
-    with StoreWriter(path, 3, {"reward": [reward_source], "prompt": {"label_key": "y" if labels else None}}) as w:
+    with StoreWriter(path, len(rewards[0]), {"reward": [reward_source], "prompt": {"label_key": "y" if labels else None}}) as w:
         w.append(prompt_keys(list(prompts), labels), list(prompts), np.array(rewards))
     return path
 
@@ -88,6 +88,22 @@ def test_configuration_errors_name_the_variable_and_the_fix(tmp_path, base_file,
     environ = env(base_file, store, **settings) if settings else {}
     with pytest.raises(error, match=message):
         UnpatchedContrastiveReward(environ)
+
+
+@pytest.mark.parametrize(
+    "rewards, message",
+    [
+        (((1.0,), (2.0,)), "needs at least 2 baseline rewards per prompt, and the store .* has k = 1"),
+        (((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), "on every one of its 2 prompts the 3 baselines are equal"),
+    ],
+    ids=["k=1", "no spread"],
+)
+def test_a_store_that_cannot_feed_zscore_is_refused_when_the_file_loads(tmp_path, base_file, rewards, message):
+    """Before OpenRLHF's rollout actors start (they import the file), not at the first reward call."""
+    store = make_store(tmp_path / "s", model_identity(str(base_file)), rewards=rewards)
+    with pytest.raises(ValueError, match=message) as refused:
+        UnpatchedContrastiveReward(env(base_file, store, CONTRASTIVE_SHAPE="zscore"))
+    assert str(refused.value).startswith("CONTRASTIVE_SHAPE=zscore")
 
 
 def test_a_store_scored_by_another_reward_is_refused_unless_accepted(tmp_path, base_file):

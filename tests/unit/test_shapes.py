@@ -47,31 +47,76 @@ def test_min_max_and_quantiles():
     assert value("quantile:1") == value("max")
 
 
-def test_zscore_uses_the_sample_std_floored_at_one_over_sqrt_k():
-    # row 0: mean 2, sample std sqrt(((4+1+0+9)/3)) = sqrt(14/3) = 2.16, above the floor 1/sqrt(4) = 0.5
-    std0 = math.sqrt(14 / 3)
-    got = value("zscore")
-    assert got[0] == pytest.approx((1.0 - 2.0) / std0)
-    # identical baselines: std 0 -> divided by the floor 0.5
-    assert zscore_std_floor(4) == 0.5
-    assert got[1] == pytest.approx(-1.0 / 0.5)
-    # row 2: [4,6,5,5], mean 5, sample std sqrt(2/3) = 0.816
-    assert got[2] == pytest.approx(0.0)
+def test_zscore_uses_the_sample_std_floored_at_the_pooled_std_over_sqrt_k():
+    # pooled within-prompt std 2 (given, as the store computes it at load): floor 2 / sqrt(4) = 1
+    assert zscore_std_floor(2.0, 4) == 1.0
+    got = contrastive_value(R, B, "zscore", pooled_std=2.0).tolist()
+    # row 0: mean 2, sample std sqrt((4+1+0+9)/3) = sqrt(14/3) = 2.16, above the floor
+    assert got[0] == pytest.approx((1.0 - 2.0) / math.sqrt(14 / 3))
+    # identical baselines: std 0 -> divided by the floor 1
+    assert got[1] == pytest.approx(-1.0)
+    # row 2: [4,6,5,5], sample std sqrt(2/3) = 0.816 is below the floor: r = 6 gives (6 - 5) / 1
+    assert contrastive_value(torch.tensor([6.0]), B[2:], "zscore", pooled_std=2.0).item() == pytest.approx(1.0)
 
 
-def test_zscore_of_equal_0_1_baselines_is_bounded():
-    """Rule-based 0/1 rewards: all k baselines wrong (or all right) is common; the value must stay sane."""
+def test_zscore_needs_the_stores_pooled_std():
+    for missing in (None, 0.0):
+        with pytest.raises(ValueError, match="pooled within-prompt std > 0"):
+            contrastive_value(R, B, "zscore", pooled_std=missing)
+
+
+def store_of(tmp_path, rewards):
+    """A real store of these baseline rewards (n, k), loaded: BaselineStore computes pooled_std at load."""
+    import numpy as np
+
+    from openrlhf_contrastive.store import BaselineStore, StoreWriter, prompt_keys
+
+    prompts = [f"prompt {i}" for i in range(len(rewards))]
+    with StoreWriter(tmp_path, rewards.shape[1], {}) as writer:
+        writer.append(prompt_keys(prompts), prompts, np.asarray(rewards, dtype=np.float64))
+    return BaselineStore.load(tmp_path), prompt_keys(prompts)
+
+
+@pytest.mark.parametrize("scale", [0.01, 100.0])
+def test_zscore_is_scale_free(tmp_path, scale):
+    """Every reward and baseline times 0.01 or 100 (another reward model's units): every zscore value is unchanged,
+    on prompts of every spread, including k equal baselines and spreads below the floor."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    k = 4
+    baselines = rng.normal(size=(64, k)) * rng.uniform(0.01, 3.0, size=(64, 1)) + rng.normal(size=(64, 1))
+    baselines[:8] = baselines[:8, :1]  # k equal baselines
+    rewards = rng.normal(size=64) * 2
+    values = []
+    for factor, path in ((1.0, tmp_path / "units"), (scale, tmp_path / "scaled")):
+        store, keys = store_of(path, baselines * factor)
+        b, hit = store.lookup(keys)
+        value, _ = contrastive_batch(torch.from_numpy(rewards * factor), torch.from_numpy(b), torch.from_numpy(hit),
+                                     parse_shape("zscore"), 1.0, store.pooled_std)
+        values.append(value)
+    assert store.pooled_std == pytest.approx(np.sqrt(np.mean(np.var(baselines * scale, axis=1, ddof=1))))
+    floored = np.std(baselines, axis=1, ddof=1) < store.pooled_std / scale / np.sqrt(k)
+    assert 8 < floored.sum() < 64  # the floor acts on some prompts (the equal ones and more), not on all
+    torch.testing.assert_close(values[1], values[0], rtol=1e-12, atol=0)
+
+
+def test_zscore_of_equal_0_1_baselines_is_bounded(tmp_path):
+    """Rule-based 0/1 rewards: all k baselines wrong (or all right) is common; the value must stay sane: at most
+    sqrt(k) / pooled std in size (pooled std: the store's typical spread), instead of 1 / 0."""
     k = 8
-    r = torch.tensor([1.0, 0.0, 1.0])
-    b = torch.tensor([[0.0] * k, [1.0] * k, [1.0] * k])
-    got = contrastive_value(r, b, "zscore").tolist()
-    # floor 1/sqrt(8): (1 - 0) * sqrt(8), (0 - 1) * sqrt(8), 0
-    assert got == pytest.approx([math.sqrt(k), -math.sqrt(k), 0.0])
-    # the same as a prompt with one disagreeing baseline would give, at most: 1 of 8 right has sample std 1/sqrt(8)
-    one = torch.tensor([[1.0] + [0.0] * (k - 1)])
-    assert one.std().item() == pytest.approx(zscore_std_floor(k))
-    assert contrastive_value(torch.tensor([1.0]), one, "zscore").item() == pytest.approx((1 - 1 / k) * math.sqrt(k))
-    assert max(abs(x) for x in got) <= math.sqrt(k)
+    rows = [[0.0] * k, [1.0] * k, [1.0] * k, [1.0] + [0.0] * (k - 1), [1.0] * 4 + [0.0] * 4]
+    store, keys = store_of(tmp_path, torch.tensor(rows).numpy())
+    # sample variances 0, 0, 0, 1/8 (one of eight differs) and 2/7 (half and half), pooled over the 5 prompts
+    pooled = math.sqrt((1 / 8 + 2 / 7) / 5)
+    assert store.pooled_std == pytest.approx(pooled)
+    b, _ = store.lookup(keys)
+    r = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0])
+    got = contrastive_value(r, torch.from_numpy(b), "zscore", pooled_std=store.pooled_std).tolist()
+    floor = pooled / math.sqrt(k)
+    assert got[:3] == pytest.approx([1 / floor, -1 / floor, 0.0])
+    assert got[3] == pytest.approx((1 - 1 / k) / max(math.sqrt(1 / 8), floor))
+    assert max(abs(x) for x in got) <= math.sqrt(k) / pooled
 
 
 def test_sigmoid_is_the_mean_of_sigmoids_of_the_differences():
@@ -135,7 +180,7 @@ def test_k_equal_one():
     assert contrastive_value(r, b, "median").tolist() == [-1.0, 0.0]
     assert contrastive_value(r, b, "winrate").tolist() == [-0.5, 0.0]
     with pytest.raises(ValueError, match="at least 2 baseline rewards"):
-        contrastive_value(r, b, "zscore")
+        contrastive_value(r, b, "zscore", pooled_std=1.0)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
@@ -211,7 +256,7 @@ def test_the_cancellation_table_is_true_numerically():
     rows_b = b.repeat_interleave(4, dim=0)
 
     def shaped(spec):
-        return contrastive_value(r.reshape(-1), rows_b, spec).reshape(3, 4)
+        return contrastive_value(r.reshape(-1), rows_b, spec, pooled_std=1.0).reshape(3, 4)
 
     for spec in ["mean", "median", "quantile:0.2", "min", "max", "logmeanexp:0.5"]:
         assert torch.allclose(_group_centre(shaped(spec)), _group_centre(r))
