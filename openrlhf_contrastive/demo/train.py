@@ -39,6 +39,9 @@ SAMPLE_LINE = re.compile(r"Sample: (\[.*\])\s*$")
 STEP_LINE = re.compile(r"Global step (\d+): (\{.*\})\s*$")
 SEED = 42
 EVAL_N = 2  # responses per prompt of each trained policy in `evaluate`
+# Peak memory of one training run with SmolLM2-135M, all its processes together (launcher, Ray, vLLM engine with its
+# 1 GiB KV cache, PPO trainer, actor and critic with their Adam states, reference model): two at once need twice this.
+RUN_MEMORY_GIB = 10
 RUN_TIMEOUT_S = int(os.environ.get("OPENRLHF_CONTRASTIVE_DEMO_TIMEOUT_S", "1800"))
 
 
@@ -65,8 +68,6 @@ class Run:
     out: Path
     flags: list[str]
     process: subprocess.Popen | None = None
-    started: float = 0.0
-    seconds: float = 0.0
     steps: list[dict] = field(default_factory=list)  # OpenRLHF's status dict of every step, in order
     samples: list[str] = field(default_factory=list)  # the text of the rollout logged at every step
     parsed_bytes: int = 0
@@ -120,7 +121,6 @@ def launch(launch_py: Path, run: Run) -> None:
     with open(run.log, "w") as log:
         run.process = subprocess.Popen(command, cwd=run.out, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True)
-    run.started = time.time()
 
 
 def parse_log(run: Run) -> list[dict]:
@@ -142,11 +142,12 @@ def parse_log(run: Run) -> list[dict]:
 
 def stop(run: Run) -> None:
     """Kill what is left of the run's session (Ray, its workers, the vLLM engine core)."""
+    if run.process is None:
+        return
     try:
         os.killpg(run.process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    run.seconds = time.time() - run.started
 
 
 def step_baselines(runs: dict[str, Run]) -> dict[int, float]:
@@ -167,37 +168,51 @@ def step_line(name: str, status: dict, total: int, baselines: dict[int, float]) 
             f"{status['timing/step_total']:5.1f} s")
 
 
-def follow(runs: dict[str, Run], total_steps: int, questions: list[str]) -> None:
-    """Print each run's steps as they come, with a progress bar per run, until both runs end; then check them."""
+def train(launch_py: Path, runs: dict[str, Run], total_steps: int, questions: list[str], at_once: bool) -> None:
+    """Run both trainings (at once, or the contrastive one first), printing their steps under a progress bar each."""
     from tqdm import tqdm
 
     bars = {name: tqdm(total=total_steps, desc=f"PPO {name:<11}", unit="step", position=i, dynamic_ncols=True)
             for i, name in enumerate(runs)}
-    pending: dict[str, list[dict]] = {name: [] for name in runs}  # raw steps waiting for the contrastive run's b
-    deadline = time.time() + RUN_TIMEOUT_S
     try:
-        while True:
-            running = [run for run in runs.values() if run.process.poll() is None]
-            for name, run in runs.items():
-                pending[name] += parse_log(run)
-            baselines = step_baselines(runs)
-            for name, steps in pending.items():
-                ready = [s for s in steps if s["step"] in baselines or not running]
-                for status in ready:
-                    bars[name].write(step_line(name, status, total_steps, baselines))
-                    bars[name].update(1)
-                pending[name] = [s for s in steps if s not in ready]
-            if not running:
-                break
-            if time.time() > deadline:
-                raise SystemExit(f"openrlhf-contrastive demo: training ran longer than {RUN_TIMEOUT_S} s "
-                                 f"(OPENRLHF_CONTRASTIVE_DEMO_TIMEOUT_S); logs: {', '.join(str(r.log) for r in runs.values())}")
-            time.sleep(1)
+        for names in [list(runs)] if at_once else [[name] for name in runs]:
+            for name in names:
+                launch(launch_py, runs[name])
+            follow(runs, names, bars, total_steps)
     finally:
         for bar in bars.values():
             bar.close()
         for run in runs.values():
             stop(run)
+    check_runs(runs, total_steps, questions)
+
+
+def follow(runs: dict[str, Run], active: list[str], bars: dict, total_steps: int) -> None:
+    """Print the steps of the `active` runs as they come, until they end. A raw step waits for the contrastive run's
+    baseline of the same step (its r - b needs it) while the contrastive run is still going."""
+    pending: dict[str, list[dict]] = {name: [] for name in active}
+    deadline = time.time() + RUN_TIMEOUT_S
+    while True:
+        running = [name for name in active if runs[name].process.poll() is None]
+        for name in active:
+            pending[name] += parse_log(runs[name])
+        baselines = step_baselines(runs)
+        for name, steps in pending.items():
+            ready = [s for s in steps if s["step"] in baselines or not running]
+            for status in ready:
+                bars[name].write(step_line(name, status, total_steps, baselines))
+                bars[name].update(1)
+            pending[name] = [s for s in steps if s not in ready]
+        if not running:
+            return
+        if time.time() > deadline:
+            raise SystemExit(f"openrlhf-contrastive demo: training ran longer than {RUN_TIMEOUT_S} s "
+                             f"(OPENRLHF_CONTRASTIVE_DEMO_TIMEOUT_S); logs: {', '.join(str(runs[n].log) for n in active)}")
+        time.sleep(1)
+
+
+def check_runs(runs: dict[str, Run], total_steps: int, questions: list[str]) -> None:
+    """Both runs trained every step, on the same prompts step by step; steps.json keeps what each logged."""
     for run in runs.values():
         (run.out / "steps.json").write_text(json.dumps(run.steps, indent=1))
         if run.process.returncode != 0 or len(run.steps) != total_steps:
@@ -211,6 +226,13 @@ def follow(runs: dict[str, Run], total_steps: int, questions: list[str]) -> None
                          "raw run's r - b (the contrastive run's baseline of the same step subtracted) would be wrong. "
                          f"Both use --train.seed {SEED}; compare the `Sample:` lines of "
                          + " and ".join(str(run.log) for run in runs.values()))
+
+
+def both_fit() -> tuple[bool, float]:
+    """(whether two runs fit in the memory available now, GiB available): /proc/meminfo's MemAvailable."""
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 2**20
+    return available >= 2 * RUN_MEMORY_GIB, available
 
 
 def question_of(sample: str, questions: list[str]) -> str | None:
@@ -254,14 +276,16 @@ def train_and_evaluate(launch_py: Path, stage_flags: list[str], store: Path, k: 
     for run in runs.values():
         run.flags = train_flags(stage_flags, run.out, prompts_per_step, episodes)
     runs["contrastive"].flags += contrastive_flags(store, k)
-    print(f"\ndemo: training: two real train_ppo_ray runs at once on CPU (cpu_training/, test-and-demo-only), "
-          f"{total_steps} PPO steps of {prompts_per_step} prompts each (gae, critic, reference model), the same seed: "
-          f"with --reward_fn contrastive on {store}, and without (raw reward r). Start-up (Ray, vLLM engine, "
+    at_once, available = both_fit()
+    when = ("at once" if at_once else f"one after the other ({available:.0f} GiB of memory available; two at once "
+            f"need about {2 * RUN_MEMORY_GIB})")
+    print(f"\ndemo: training: two real train_ppo_ray runs on CPU (cpu_training/, test-and-demo-only), {when}: "
+          f"{total_steps} PPO steps of {prompts_per_step} prompts each (gae, critic, reference model), the same seed, "
+          f"with --reward_fn contrastive on {store} and without (raw reward r). Each start-up (Ray, vLLM engine, "
           f"DeepSpeed) takes minutes; commands and logs in {out}/{{contrastive,raw}}/", flush=True)
-    for run in runs.values():
-        launch(launch_py, run)
-    follow(runs, total_steps, questions)
-    print(f"demo: trained in {max(run.seconds for run in runs.values()):.0f} s; evaluating both policies against the "
+    start = time.time()
+    train(launch_py, runs, total_steps, questions, at_once)
+    print(f"demo: trained in {time.time() - start:.0f} s; evaluating both policies against the "
           f"SFT baselines (`openrlhf-contrastive evaluate`, n = {EVAL_N} responses per prompt) ...", flush=True)
     start = time.time()
     figures = evaluate(runs, stage_flags, out / "evaluation")
