@@ -15,14 +15,14 @@ openrlhf-contrastive demo \
    --max-new-tokens 32 \
    --temperature 0.7 \
    --repo . \
-   --train-prompts-per-step 8 \
+   --train-prompts-per-step 16 \
    --train-episodes 1
 
 # The knobs:
 #   --k 4                        baseline samples per prompt (as --contrastive.k)
 #   --rollouts 1                 fresh rollouts per prompt, scored with r and with r - b
 #   --repo .                     a clone of this repository: train and evaluate (leave it out for the stage only)
-#   --train-prompts-per-step 8   prompts per PPO step (64 prompts: 8 steps per episode)
+#   --train-prompts-per-step 16  prompts per PPO step (64 prompts: 4 steps per episode)
 #   --tiny                       skip SmolLM2 and use a tiny random model (faster, meaningless text)
 #   --max-prompts 16             a quicker run on the first 16 prompts
 # Then: openrlhf-contrastive inspect contrastive-demo/baselines --rollouts contrastive-demo/rollouts.jsonl

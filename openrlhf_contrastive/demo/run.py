@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reward_fn contrastive, on CPU through CLONE/cpu_training, test-and-demo-only) and evaluates both policies. "
         "`make demo` passes --repo .; without it the demo stops after the stage's report",
     )
-    parser.add_argument("--train-prompts-per-step", type=int, default=8, help="prompts (one rollout each) per PPO step")
+    parser.add_argument("--train-prompts-per-step", type=int, default=16, help="prompts (one rollout each) per PPO step")
     parser.add_argument("--train-episodes", type=int, default=1, help="passes over the prompts in training")
     return parser
 

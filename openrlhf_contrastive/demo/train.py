@@ -39,9 +39,9 @@ SAMPLE_LINE = re.compile(r"Sample: (\[.*\])\s*$")
 STEP_LINE = re.compile(r"Global step (\d+): (\{.*\})\s*$")
 SEED = 42
 EVAL_N = 2  # responses per prompt of each trained policy in `evaluate`
-# Peak memory of one training run with SmolLM2-135M, all its processes together (launcher, Ray, vLLM engine with its
+# Peak memory of one training run with SmolLM2-135M (measured 10.7 GiB), all its processes together (launcher, Ray, vLLM engine with its
 # 1 GiB KV cache, PPO trainer, actor and critic with their Adam states, reference model): two at once need twice this.
-RUN_MEMORY_GIB = 10
+RUN_MEMORY_GIB = 11
 RUN_TIMEOUT_S = int(os.environ.get("OPENRLHF_CONTRASTIVE_DEMO_TIMEOUT_S", "1800"))
 
 
@@ -174,6 +174,9 @@ def train(launch_py: Path, runs: dict[str, Run], total_steps: int, questions: li
 
     bars = {name: tqdm(total=total_steps, desc=f"PPO {name:<11}", unit="step", position=i, dynamic_ncols=True)
             for i, name in enumerate(runs)}
+    # The runs have sessions of their own (Ctrl-C in a terminal does not reach them): a demo that is interrupted or
+    # terminated stops them on its way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         for names in [list(runs)] if at_once else [[name] for name in runs]:
             for name in names:
