@@ -204,7 +204,7 @@ def run(opts, launch_py: Path | None = None) -> dict:
     info = lambda name: np.array([float(e.info[name][0]) for e in experiences])
     baseline, raw, value, beat, hit = (info(n) for n in (METRIC_BASELINE, METRIC_RAW_REWARD, METRIC_REWARD, METRIC_BEAT_BASELINE, METRIC_HIT))
 
-    # 6. report (the PNG again after training, with its panels)
+    # 6. report (report.png is written again after step 7, with the training panels)
     rows = []
     for e, b, r, v in zip(experiences, baseline, raw, value):
         text = tokenizer.decode(e.sequences[0][e.action_mask[0].nonzero().min() + 1 :], skip_special_tokens=True)

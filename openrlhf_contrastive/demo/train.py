@@ -83,8 +83,9 @@ class Run:
 
 def train_flags(stage_flags: list[str], out: Path, prompts_per_step: int, episodes: int) -> list[str]:
     """train_ppo_ray flags of one run: the stage's policy, reward, prompts and sampling flags, and a small PPO."""
-    stage_only = ("--contrastive.chunk_size", "--contrastive.baseline_path", "--contrastive.k")
-    flags = [f for i, f in enumerate(stage_flags) if f not in stage_only and stage_flags[i - 1] not in stage_only]
+    stage_only = ("--contrastive.chunk_size", "--contrastive.baseline_path", "--contrastive.k")  # each with a value
+    dropped = {i + j for i, flag in enumerate(stage_flags) if flag in stage_only for j in (0, 1)}
+    flags = [flag for i, flag in enumerate(stage_flags) if i not in dropped]
     policy = flags[flags.index("--actor.model_name_or_path") + 1]
     return flags + [
         "--critic.model_name_or_path", policy,  # the critic starts from the SFT policy with a new value head
