@@ -29,9 +29,15 @@ def demo(tmp_path: Path, *flags: str, timeout: int) -> subprocess.CompletedProce
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "openrlhf_contrastive.cli", "demo", *TINY, *flags,
                "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # SIGTERM: the demo stops its training runs (sessions of their own) on its way out
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the demo ran longer than {timeout} s:\n{stdout[-3000:]}{stderr[-3000:]}")
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def png_height(path: Path) -> int:
@@ -58,7 +64,7 @@ def test_tiny_demo_runs_end_to_end_without_test_support(tmp_path):
 def test_tiny_demo_trains_with_and_without_the_store_and_evaluates_both(tmp_path):
     from openrlhf_contrastive.store import BaselineStore
 
-    run = demo(tmp_path, "--repo", str(REPO), "--train-prompts-per-step", "1", timeout=1200)
+    run = demo(tmp_path, "--repo", str(REPO), "--train-prompts-per-step", "1", timeout=2400)
     out = tmp_path / "out"
     store = BaselineStore.load(out / "baselines")
     steps = {name: json.loads((out / "training" / name / "steps.json").read_text()) for name in ("contrastive", "raw")}
