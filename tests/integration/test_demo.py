@@ -5,7 +5,8 @@ rollouts, summary and PNG.
 
 With --repo (what `make demo` runs): the stage, then two real train_ppo_ray runs (with and without --reward_fn
 contrastive, one prompt per PPO step) through cpu_training/ and `openrlhf-contrastive evaluate` of both policies.
-About 4 minutes on 2 cores, nearly all of it the start-up of the two training runs.
+Measured 881 s on 2 cores shared with other jobs (load average 20-38; the runs one after the other, with under
+22 GiB of memory free), nearly all of it the start-up of the two training runs; each tiny PPO step takes a second.
 """
 
 import json
