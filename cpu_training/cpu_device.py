@@ -20,6 +20,9 @@ group). On a CPU machine this module redirects those places, and nothing else:
    OpenRLHF's weight sync finds no ``weight_loader`` ("'Parameter' object has no attribute 'weight_loader'"),
    or would update a weight the engine no longer reads. Only AVX2 CPUs got the torch path by themselves.
 5. torch's global RNG is seeded at import (for reproducible prompt order across runs; see _patch_torch).
+6. DeepSpeed's shared-memory all-reduce op (``deepspeed_shm_comm``) is not built: DeepSpeed JIT-compiles it at the
+   first ``init_distributed`` of a machine (55-95 s on 2 cores) and uses it only for an inference all-reduce across
+   several ranks of a node, while every training actor here is a single rank that never calls it.
 
 Tensors, models, losses, advantages and KL are computed by OpenRLHF's own code, unchanged, on the CPU.
 ``install()`` runs at the start of every Python process of the run (``sitecustomize.py`` next to this file,
@@ -135,12 +138,18 @@ def _patch_worker_wrap(module):
     module.WorkerWrap.update_weight = update_weight_on_cpu
 
 
+def _patch_deepspeed_comm(module):
+    """deepspeed.comm.torch: no shared-memory all-reduce op to build (item 6)."""
+    module.build_shm_op = lambda: None
+
+
 _AFTER_IMPORT = {
     "torch": _patch_torch,
     "torch.distributed.device_mesh": _patch_device_mesh,
     "openrlhf.utils.distributed_util": _patch_distributed_util,
     "vllm.model_executor.layers.utils": _patch_vllm_cpu_gemm,
     "openrlhf.trainer.ray.vllm_worker_wrap": _patch_worker_wrap,
+    "deepspeed.comm.torch": _patch_deepspeed_comm,
 }
 
 

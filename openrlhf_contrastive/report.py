@@ -10,6 +10,8 @@ The PNG (matplotlib, Agg) shows
     2. baseline std against baseline mean: reward uncertainty against difficulty
     3. with --rollouts: the spread across prompts of the raw reward r and of the contrastive r - b
     4. with --rollouts: r against the prompt's baseline b for every rollout
+    5. (the demo's training part) reward r and r - b per PPO step of each training run
+    6. (the demo's training part) each trained policy's win rate against the SFT baselines, with its interval
 
 A rollouts file is JSON lines of {"prompt": exact prompt string, "label": optional, "reward": r}, as the demo
 writes them; rollouts of prompts missing from the store count against the coverage and are left out of 3 and 4.
@@ -39,6 +41,19 @@ class ScoredRollouts:
     @property
     def coverage(self) -> float:
         return float(self.hit.mean()) if len(self.hit) else float("nan")
+
+
+@dataclass
+class TrainingRun:
+    """One PPO run of the demo's training part: per step the mean reward r and r - b of its rollouts, and the trained
+    policy's win rate P(r > r_j) against the SFT baselines with its 95% interval."""
+
+    name: str
+    steps: list[int]
+    reward: list[float]
+    reward_minus_baseline: list[float]
+    win_rate: float
+    win_rate_interval: list[float]
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -126,15 +141,17 @@ def describe(store: BaselineStore, rollouts: ScoredRollouts | None = None, cover
     return "\n".join(lines)
 
 
-def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None = None, title: str | None = None) -> Path:
-    """Write the PNG report (2 panels, or 4 with rollouts) and return its path."""
+def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None = None, title: str | None = None,
+         training: list[TrainingRun] | None = None) -> Path:
+    """Write the PNG report (2 panels, 4 with rollouts, 6 with training runs) and return its path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     with_rollouts = rollouts is not None and len(rollouts.reward) > 0
-    fig, axes = plt.subplots(2 if with_rollouts else 1, 2, figsize=(13, 9.5 if with_rollouts else 4.8), squeeze=False)
+    rows = 1 + with_rollouts + bool(training)
+    fig, axes = plt.subplots(rows, 2, figsize=(13, 4.75 * rows), squeeze=False)
     fig.suptitle(title or f"baseline store {store.path}: {len(store)} prompts, k = {store.k}", fontsize=12)
 
     # 1. difficulty: per-prompt baseline means, sorted, with each prompt's k rewards
@@ -180,12 +197,41 @@ def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None 
                title=f"4. {len(r)} rollouts: reward against baseline")
         ax.legend(fontsize=8)
 
+    if training:
+        plot_training(axes[-1], training)
+
     fig.tight_layout()
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def plot_training(axes, runs: list[TrainingRun]) -> None:
+    """5. r and r - b per PPO step of every run; 6. each trained policy's win rate against the SFT baselines."""
+    colors = ["tab:green", "tab:orange", "tab:blue", "tab:red"]
+    ax = axes[0]
+    for run, color in zip(runs, colors):
+        ax.plot(run.steps, run.reward, color=color, lw=2, marker="o", ms=3, label=f"{run.name}: reward r")
+        ax.plot(run.steps, run.reward_minus_baseline, color=color, lw=1.5, ls="--", marker="o", ms=3,
+                label=f"{run.name}: r - b")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel="PPO step", ylabel="mean over the step's rollouts", title="5. Training: r and r - b per PPO step")
+    ax.legend(fontsize=8)
+
+    ax = axes[1]
+    x = np.arange(len(runs))
+    rates = np.array([run.win_rate for run in runs])
+    lo = np.array([run.win_rate_interval[0] for run in runs])
+    hi = np.array([run.win_rate_interval[1] for run in runs])
+    ax.bar(x, rates, color=colors[: len(runs)], alpha=0.7, yerr=[rates - lo, hi - rates], capsize=8)
+    for xi, rate, top in zip(x, rates, hi):
+        ax.text(xi, top + 0.02, f"{rate:.3f}", ha="center", fontsize=9)
+    ax.axhline(0.5, color="black", lw=0.8, label="SFT start (0.5)")
+    ax.set(xticks=x, xticklabels=[run.name for run in runs], ylim=(0, 1.05), ylabel="P(r > r_j), ties half",
+           title="6. Trained policy against the SFT baselines (95% interval over prompts)")
+    ax.legend(fontsize=8, loc="lower right")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,12 @@ Top to bottom:
     4. rollouts  fresh samples from the same engine (other seeds), scored by the same reward: r
     5. contrast  the plugin's own ContrastiveReward.transform turns r into r - b, as in a PPO step
     6. report    a summary table, rollouts.jsonl, summary.json and report.png (openrlhf_contrastive.report)
+    7. training  with --repo CLONE (`make demo`): PPO through the real train_ppo_ray on this store, with and without
+                 --reward_fn contrastive, and `openrlhf-contrastive evaluate` of both policies against the SFT start;
+                 their curves and win rates join report.png (openrlhf_contrastive/demo/train.py). The trainer runs on
+                 CPU only through the clone's test-and-demo-only cpu_training/, which is not installed with the package.
 
-Nothing but the PyPI package is downloaded; no model hub is contacted. PPO's update itself is not run: OpenRLHF's
-training actors need CUDA (see the README).
+Nothing but the PyPI package is downloaded; no model hub is contacted.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from openrlhf_contrastive import report
 from openrlhf_contrastive.backends import DriverStrategy
 from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
 from openrlhf_contrastive.checks import check_chat_template_date
+from openrlhf_contrastive.demo import train
 from openrlhf_contrastive.demo.model import demo_policy, tiny
 from openrlhf_contrastive.flags import METRIC_BASELINE, METRIC_BEAT_BASELINE, METRIC_HIT, METRIC_RAW_REWARD, METRIC_REWARD
 from openrlhf_contrastive.plugin import ContrastiveReward
@@ -62,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts of the embedded set")
     parser.add_argument("--tiny", action="store_true", help="skip SmolLM2 and use the tiny random model (fast, meaningless text)")
     parser.add_argument("--cpus", type=int, default=None, help="CPUs for the local Ray cluster (default: all)")
+    parser.add_argument(
+        "--repo", default=None, metavar="CLONE",
+        help="a clone of openrlhf-contrastive: the demo then trains with PPO on the store (train_ppo_ray with and without "
+        "--reward_fn contrastive, on CPU through CLONE/cpu_training, test-and-demo-only) and evaluates both policies. "
+        "`make demo` passes --repo .; without it the demo stops after the stage's report",
+    )
+    parser.add_argument("--train-prompts-per-step", type=int, default=16, help="prompts (one rollout each) per PPO step")
+    parser.add_argument("--train-episodes", type=int, default=1, help="passes over the prompts in training")
     return parser
 
 
@@ -128,16 +140,16 @@ def summarise(store, baseline, raw, value, beat, hit, keys) -> str:
     return table(fmt, ("", "n", "mean", "std", "std of prompt means", "beat baseline", "hit"))
 
 
-def run(opts) -> dict:
+def run(opts, launch_py: Path | None = None) -> dict:
     import numpy as np
     import ray
 
     from openrlhf.utils.utils import get_tokenizer
 
     start = time.time()
-    out = Path(opts.out)
+    out = Path(opts.out).resolve()  # absolute: the training runs work in their own directories
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path(opts.cache) if opts.cache else default_cache()
+    cache = Path(opts.cache).resolve() if opts.cache else default_cache()
     cache.mkdir(parents=True, exist_ok=True)
 
     # 1. policy
@@ -147,7 +159,8 @@ def run(opts) -> dict:
         policy, policy_name = demo_policy(cache)
     print(f"demo: policy {policy_name} at {policy}", flush=True)
     store_path = out / "baselines"
-    args = parse_args(stage_flags(policy, store_path, opts))
+    flags = stage_flags(policy, store_path, opts)
+    args = parse_args(flags)
     tokenizer = get_tokenizer(str(policy), None, "left", None)
     check_chat_template_date(args, tokenizer)
     prompts, labels = build_prompts(args, tokenizer, DriverStrategy(args))
@@ -191,7 +204,7 @@ def run(opts) -> dict:
     info = lambda name: np.array([float(e.info[name][0]) for e in experiences])
     baseline, raw, value, beat, hit = (info(n) for n in (METRIC_BASELINE, METRIC_RAW_REWARD, METRIC_REWARD, METRIC_BEAT_BASELINE, METRIC_HIT))
 
-    # 6. report
+    # 6. report (report.png is written again after step 7, with the training panels)
     rows = []
     for e, b, r, v in zip(experiences, baseline, raw, value):
         text = tokenizer.decode(e.sequences[0][e.action_mask[0].nonzero().min() + 1 :], skip_special_tokens=True)
@@ -231,6 +244,21 @@ def run(opts) -> dict:
     print(f"\ndemo: {len(store)} prompts x k={store.k} baselines in {stage['seconds']:.0f} s, {len(rows)} rollouts in "
           f"{rollout_seconds:.0f} s, total {summary['seconds']:.0f} s. Outputs in {out}/: baselines/ (the store), "
           f"rollouts.jsonl, summary.json, {png.name}")
+    if launch_py is None:
+        print("demo: stage only. `make demo` (or --repo CLONE) goes on to train with PPO on this store, with and without "
+              "the contrastive reward, and evaluates both policies against the SFT start.")
+        return summary
+
+    # 7. training: PPO with and without the contrastive reward on this store, both policies evaluated
+    training = train.train_and_evaluate(launch_py, flags, store_path, store.k, out / "training", len(prompts),
+                                        opts.train_prompts_per_step, opts.train_episodes, list(questions.values()))
+    png = report.plot(store, out / "report.png", scored, training=training,
+                      title=f"contrastive-reward demo: {policy_name.split(' (')[0]}, {len(store)} prompts, k = {store.k}, "
+                            f"{len(training[0].steps)} PPO steps")
+    summary["training"] = [vars(run) for run in training]
+    summary["seconds"] = time.time() - start
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    print(f"demo: total {summary['seconds']:.0f} s. Report with the training curves and win rates: {png}")
     return summary
 
 
@@ -238,5 +266,29 @@ def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if opts.k < 1 or opts.rollouts < 1:
         raise SystemExit(f"--k and --rollouts must be at least 1 (got {opts.k}, {opts.rollouts}).")
-    run(opts)
+    launch_py = None
+    if opts.repo:  # everything the training part needs is checked before the stage spends any time
+        launch_py = train.check_clone(Path(opts.repo))
+        available = len(PROMPTS.read_text().splitlines())
+        prompts = min(available, opts.max_prompts or available)
+        if not 1 <= opts.train_prompts_per_step <= prompts or opts.train_episodes < 1:
+            raise SystemExit(
+                f"--train-prompts-per-step {opts.train_prompts_per_step} and --train-episodes {opts.train_episodes}: a "
+                f"PPO step takes between 1 and all {prompts} prompts, and training makes at least one pass over them. "
+                "Fix: pick a step size in that range."
+            )
+        check_patched()
+    run(opts, launch_py)
     return 0
+
+
+def check_patched() -> None:
+    """train_ppo_ray knows --reward_fn only in a patched openrlhf: say so before the stage runs, not after."""
+    from openrlhf_contrastive import patching
+
+    if patching.plan().state != "patched":
+        raise SystemExit(
+            "openrlhf-contrastive demo: the openrlhf of this Python environment is not patched, so train_ppo_ray has no "
+            "--reward_fn and the training part would stop at its first run. Fix: `openrlhf-contrastive patch` (`make "
+            "demo` does it), or leave --repo out for the stage-only demo."
+        )

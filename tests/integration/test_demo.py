@@ -1,8 +1,17 @@
-"""`openrlhf-contrastive demo` end to end on the tiny model, in a fresh process without the tests' flash_attn
-stand-in on the path (the demo must not need it): store, rollouts, summary and PNG."""
+"""`openrlhf-contrastive demo` end to end on the tiny model, in a fresh process.
+
+Stage only (no --repo): without the tests' flash_attn stand-in on the path (the stage must not need it): store,
+rollouts, summary and PNG.
+
+With --repo (what `make demo` runs): the stage, then two real train_ppo_ray runs (with and without --reward_fn
+contrastive, one prompt per PPO step) through cpu_training/ and `openrlhf-contrastive evaluate` of both policies.
+Measured 881 s on 2 cores shared with other jobs (load average 20-38; the runs one after the other, with under
+22 GiB of memory free), nearly all of it the start-up of the two training runs; each tiny PPO step takes a second.
+"""
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -11,20 +20,86 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 
+REPO = Path(__file__).resolve().parent.parent.parent
+PROMPTS, K = 4, 2
+TINY = ["--tiny", "--max-prompts", str(PROMPTS), "--k", str(K), "--rollouts", "2", "--max-new-tokens", "8", "--cpus", "2"]
+
+
+def demo(tmp_path: Path, *flags: str, timeout: int) -> subprocess.CompletedProcess:
+    # This repository's package first (a clone's editable install is the same), and no flash_attn stand-in.
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "openrlhf_contrastive.cli", "demo", *TINY, *flags,
+               "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # SIGTERM: the demo stops its training runs (sessions of their own) on its way out
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the demo ran longer than {timeout} s:\n{stdout[-3000:]}{stderr[-3000:]}")
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def png_height(path: Path) -> int:
+    data = path.read_bytes()
+    assert data[:4] == b"\x89PNG"
+    return struct.unpack(">I", data[20:24])[0]  # the IHDR chunk: width, height
+
 
 def test_tiny_demo_runs_end_to_end_without_test_support(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    command = [sys.executable, "-m", "openrlhf_contrastive.cli", "demo", "--tiny", "--max-prompts", "4", "--k", "2",
-               "--rollouts", "2", "--max-new-tokens", "8", "--cpus", "2",
-               "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=480)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = demo(tmp_path, timeout=480)
     assert "tiny random Llama" in run.stdout
     assert "contrastive reward r - b" in run.stdout and "rollout reward r" in run.stdout
+    assert "stage only" in run.stdout
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["prompts"], summary["k"], summary["rollouts"], summary["hit"]) == (4, 2, 8, 1.0)
+    assert (summary["prompts"], summary["k"], summary["rollouts"], summary["hit"]) == (PROMPTS, K, 8, 1.0)
+    assert "training" not in summary and not (out / "training").exists()
     rows = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     assert all(r["contrastive"] == pytest.approx(r["reward"] - r["baseline"], abs=1e-5) for r in rows)
-    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert png_height(out / "report.png") == pytest.approx(2 * 4.75 * 110, abs=2)  # 4 panels
     assert "flash_attn" not in run.stderr
+
+
+def test_tiny_demo_trains_with_and_without_the_store_and_evaluates_both(tmp_path):
+    from openrlhf_contrastive.store import BaselineStore
+
+    run = demo(tmp_path, "--repo", str(REPO), "--train-prompts-per-step", "1", timeout=2400)
+    out = tmp_path / "out"
+    store = BaselineStore.load(out / "baselines")
+    steps = {name: json.loads((out / "training" / name / "steps.json").read_text()) for name in ("contrastive", "raw")}
+
+    # Both runs trained one PPO step per prompt, and the step lines were printed as they came.
+    for name, logged in steps.items():
+        assert [s["step"] for s in logged] == list(range(1, PROMPTS + 1)), name
+        for s in logged:
+            assert f"{name:<11} step {s['step']:>2}/{PROMPTS}  reward r {s['reward']:+.3f}" in run.stdout
+    # The contrastive run used the store the demo wrote: one prompt per step over one episode, so its logged
+    # baselines are the stored per-prompt means; r - b is the plugin's value. The raw run has no plugin metrics.
+    contrastive, raw = steps["contrastive"], steps["raw"]
+    assert sorted(s["contrastive/baseline"] for s in contrastive) == pytest.approx(sorted(store.mean), abs=1e-5)
+    assert all(s["contrastive/hit"] == 1.0 for s in contrastive)
+    for s in contrastive:
+        assert s["contrastive/reward"] == pytest.approx(s["contrastive/raw_reward"] - s["contrastive/baseline"], abs=1e-5)
+    assert not any(key.startswith("contrastive/") for s in raw for key in s)
+
+    # Each trained policy evaluated against the store: win rates in [0, 1] inside their intervals, printed side by side.
+    summary = json.loads((out / "summary.json").read_text())
+    training = {t["name"]: t for t in summary["training"]}
+    assert len(training) == 2
+    for name in ("contrastive", "raw"):
+        report = json.loads((out / "training" / "evaluation" / name / "evaluation.json").read_text())
+        assert report["policy"] == str(out / "training" / name / "policy")
+        assert report["prompts"]["evaluated"] == PROMPTS and report["k"] == K
+        figures = report["rewards"][report["store_reward"]]
+        lo, hi = figures["win_rate_interval"]
+        assert 0.0 <= lo <= figures["win_rate"] <= hi <= 1.0
+        assert f"win rate {figures['win_rate']:.3f} [{lo:.3f}, {hi:.3f}]" in run.stdout
+        assert figures["win_rate"] in [t["win_rate"] for t in training.values()]
+    # The raw run's r - b subtracts the contrastive run's baseline of the same step (the same prompts, checked).
+    raw_curve = next(t for t in training.values() if "raw" in t["name"])
+    assert raw_curve["reward_minus_baseline"] == pytest.approx(
+        [r["reward"] - c["contrastive/baseline"] for r, c in zip(raw, contrastive)], abs=1e-6)
+    assert "not evidence" in run.stdout and '"Does it help?"' in run.stdout
+    assert png_height(out / "report.png") == pytest.approx(3 * 4.75 * 110, abs=2)  # 6 panels: training added

@@ -71,3 +71,17 @@ def test_bad_rollouts_files_say_what_and_how(store, tmp_path, capsys, content, m
 def test_a_missing_store_is_refused_with_the_fix(tmp_path, capsys):
     assert report.main([str(tmp_path / "nowhere")]) == 2
     assert "openrlhf-contrastive sample" in capsys.readouterr().out
+
+
+def test_training_runs_add_a_row_of_curves_and_win_rates_to_the_png(store, tmp_path):
+    import matplotlib.image
+
+    s = BaselineStore.load(store)
+    scored = report.match_rollouts(s, [{"prompt": "prompt 0", "reward": 0.5}, {"prompt": "prompt 5", "reward": 1.0}])
+    runs = [report.TrainingRun("contrastive", [1, 2], [0.4, 0.6], [0.0, 0.1], 0.55, [0.4, 0.7]),
+            report.TrainingRun("raw", [1, 2], [0.4, 0.5], [0.0, 0.05], 0.45, [0.3, 0.6])]
+    heights = {}
+    for name, training in (("stage", None), ("trained", runs)):
+        png = report.plot(s, tmp_path / f"{name}.png", scored, training=training)
+        heights[name] = matplotlib.image.imread(png).shape[0]
+    assert heights["trained"] == pytest.approx(heights["stage"] * 3 / 2, abs=2)  # 3 rows of panels instead of 2
