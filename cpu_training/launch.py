@@ -4,13 +4,33 @@ It declares logical GPUs to an in-process Ray (one per OpenRLHF GPU actor: vLLM 
 reward model), puts this folder on PYTHONPATH so that sitecustomize.py installs the cuda -> cpu device choice of
 cpu_device.py in every process of the run (Ray workers, vLLM engine cores), and runs train_ppo_ray as __main__
 (its own `ray.init` is skipped because Ray is already up).
+
+`python launch.py -m MODULE <args>` runs another module the same way, e.g. `-m openrlhf_contrastive.cli sample ...
+--contrastive.backend openrlhf --reward.model_name_or_path RM`, whose RewardModelActor group needs the device
+choice and logical GPUs just as train_ppo_ray's does.
 """
 
 import os
 import runpy
+import signal
+import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_in_own_session(command: list[str], log, timeout_s: float, **popen) -> int:
+    """Run `command` with its output in the file `log`, in its own session, and kill that whole session when it
+    ends or times out (Ray, its workers, vLLM engine cores, dataset workers: nothing of the run outlives it)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+        try:
+            return proc.wait(timeout=timeout_s)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def main() -> None:
@@ -27,9 +47,10 @@ def main() -> None:
         include_dashboard=False,
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
     )
-    sys.argv = ["openrlhf.cli.train_ppo_ray", *sys.argv[1:]]
+    module, args = ("openrlhf.cli.train_ppo_ray", sys.argv[1:]) if sys.argv[1:2] != ["-m"] else (sys.argv[2], sys.argv[3:])
+    sys.argv = [module, *args]
     try:
-        runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=True)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     finally:
         ray.shutdown()
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import os
 import runpy
-import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from launch import run_in_own_session  # noqa: E402
 
 # Settings a CPU run needs (no flash attention, DeepSpeed stage 0); the caller's flags come after and win.
 CPU_FLAGS = ["--ds.zero_stage", "0", "--ds.param_dtype", "bf16", "--ds.attn_implementation", "sdpa"]
@@ -78,16 +78,7 @@ def train_reward_model(
     ]
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with open(log, "w") as out:
-        # Own session, so that whatever train_rm starts (dataset map workers) ends with it.
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    rc = run_in_own_session(command, log, timeout_s, env=env)
     if rc != 0 or not (output_dir / "config.json").is_file():
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
         raise RuntimeError(f"train_rm on CPU exited with {rc} (log {log}); last lines:\n{tail}")

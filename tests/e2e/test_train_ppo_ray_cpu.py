@@ -20,118 +20,17 @@ DeepSpeed init also JIT-builds a comm op (55-95 s, cached in TORCH_EXTENSIONS_DI
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from cpu_runs import ATOL, K, QUESTIONS, STEP1, STEPS, contrastive_flags, launch, store_files  # tests/e2e
+
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 
 HERE = Path(__file__).parent
-LAUNCH = HERE.parent.parent / "cpu_training" / "launch.py"
 REWARD_FILE = HERE / "reward_func_text.py"
 AGENT_FILE = HERE / "agent_text.py"
-REPO = HERE.parent.parent
-RUN_TIMEOUT_S = int(os.environ.get("E2E_RUN_TIMEOUT_S", "900"))
-
-QUESTIONS = [
-    "Write a short poem about the sea.",
-    "Explain why the sky is blue.",
-    "List three prime numbers.",
-    "What is two plus two?",
-]
-K = 4
-STEP1 = 1
-STEPS = range(1, len(QUESTIONS) + 1)
-ATOL = 1e-5
-
-
-def train_flags(work: Path, out: Path) -> list[str]:
-    """OpenRLHF flags of one small PPO run: 4 prompts, one rollout per PPO step -> 4 PPO steps.
-
-    One rollout per step keeps vLLM's sampling reproducible across runs: OpenRLHF sends the rollouts of a batch
-    as concurrent requests without per-request seeds, so with several of them the engine's shared generator
-    serves them in an order that depends on timing; a lone first request draws the same tokens in every run.
-    """
-    return [
-        "--actor.model_name_or_path", str(work / "policy"), "--critic.model_name_or_path", str(work / "critic"),
-        "--reward.remote_url", str(REWARD_FILE),
-        "--data.prompt_dataset", str(work / "prompts.jsonl"), "--data.input_key", "input",
-        "--data.apply_chat_template",
-        "--vllm.num_engines", "1", "--vllm.tensor_parallel_size", "1", "--vllm.enforce_eager",
-        "--vllm.sync_backend", "gloo",
-        "--actor.num_nodes", "1", "--actor.num_gpus_per_node", "1",
-        "--ref.num_nodes", "1", "--ref.num_gpus_per_node", "1",
-        "--critic.num_nodes", "1", "--critic.num_gpus_per_node", "1",
-        "--ds.zero_stage", "0", "--ds.param_dtype", "bf16", "--ds.attn_implementation", "sdpa",
-        "--algo.advantage.estimator", "gae",
-        "--rollout.batch_size", "1", "--rollout.n_samples_per_prompt", "1", "--rollout.micro_batch_size", "1",
-        "--train.batch_size", "1", "--train.micro_batch_size", "1", "--train.max_epochs", "1",
-        "--train.num_episodes", "1", "--train.seed", "42",
-        "--data.max_len", "64", "--rollout.max_new_tokens", "16",
-        "--logger.tensorboard_dir", str(out / "tb"),
-        "--ckpt.output_dir", str(out / "ckpt"), "--ckpt.path", str(out / "ckpt" / "checkpoints"),
-    ]
-
-
-def contrastive_flags(store: Path) -> list[str]:
-    return ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(store), "--contrastive.k", str(K)]
-
-
-def launch(work: Path, name: str, extra: list[str]) -> dict:
-    """Run train_ppo_ray through the CPU launcher; return its tensorboard scalars {tag: {step: value}}.
-
-    With --train.agent_func_path in `extra`, the agent replaces the reward-function file (as in OpenRLHF's agent
-    examples, which pass no --reward.remote_url).
-    """
-    out = work / name
-    out.mkdir()
-    flags = train_flags(work, out)
-    if "--train.agent_func_path" in extra:
-        at = flags.index("--reward.remote_url")
-        del flags[at : at + 2]
-    env = dict(os.environ)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))  # DeepSpeed's JIT comm op
-    env.setdefault("VLLM_CACHE_ROOT", str(REPO / ".cache" / "vllm"))
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", VLLM_CPU_KVCACHE_SPACE="1")
-    log = out / "train.log"
-    start = time.time()
-    with open(log, "w") as f:
-        # Own session: every process of the run (Ray, workers, vLLM engine cores) is killed with it afterwards.
-        proc = subprocess.Popen(
-            [sys.executable, str(LAUNCH), *flags, *extra],
-            cwd=out, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
-            rc = proc.wait(timeout=RUN_TIMEOUT_S)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    seconds = time.time() - start
-    print(f"{name}: train_ppo_ray took {seconds:.0f} s (log {log})")
-    assert rc == 0, f"{name}: train_ppo_ray exited with {rc}; last lines of {log}:\n" + "".join(
-        log.read_text(errors="replace").splitlines(keepends=True)[-60:]
-    )
-    return read_scalars(out / "tb")
-
-
-def read_scalars(tb: Path) -> dict:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    (run,) = [p for p in tb.iterdir() if p.is_dir()]  # <tensorboard_dir>/<run_name>
-    events = EventAccumulator(str(run))
-    events.Reload()
-    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
-
-
-def store_files(store: Path) -> dict:
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(store.iterdir())}
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +43,13 @@ def runs(tmp_path_factory):
     (work / "prompts.jsonl").write_text("".join(json.dumps({"input": q}) + "\n" for q in QUESTIONS))
     store = work / "baselines"
 
-    raw = launch(work, "raw", [])
-    first = launch(work, "first", contrastive_flags(store))
+    reward = ["--reward.remote_url", str(REWARD_FILE)]
+    raw = launch(work, "raw", reward, [])
+    first = launch(work, "first", reward, contrastive_flags(store))
     stored = store_files(store)
-    second = launch(work, "second", contrastive_flags(store))
-    agent = launch(work, "agent", contrastive_flags(work / "agent_baselines") + ["--train.agent_func_path", str(AGENT_FILE)])
+    second = launch(work, "second", reward, contrastive_flags(store))
+    # As in OpenRLHF's agent examples, an agent replaces the reward flags.
+    agent = launch(work, "agent", [], contrastive_flags(work / "agent_baselines") + ["--train.agent_func_path", str(AGENT_FILE)])
     return {"raw": raw, "first": first, "second": second, "store": store, "stored": stored, "agent": agent,
             "agent_store": work / "agent_baselines"}
 
