@@ -15,6 +15,7 @@ flip-rate bucket, and on fresh pairs of the held-out prompts (overall).
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import statistics
@@ -45,11 +46,12 @@ def train_eval_words(train: list[str], n: int, seed: int) -> list[str]:
 
 
 def labelled_pairs(cfg: dict, words: list[str], responses: list[list[str]], noisy: bool) -> list[dict]:
-    """Disjoint pairs of each prompt's responses, chosen by gold, flipped with the prompt's rate when noisy."""
+    """Pairs of each prompt's responses (every two of them), chosen by gold, flipped with the prompt's rate when
+    noisy (each pair's flip drawn independently)."""
     r = cfg["rm"]
     pairs = []
     for w, ys in zip(words, responses):
-        for a, b in zip(ys[0::2], ys[1::2]):
+        for a, b in itertools.combinations(ys, 2):
             ga, gb = testbed.gold(w, a), testbed.gold(w, b)
             if ga == gb:
                 continue
@@ -65,11 +67,11 @@ def labelled_pairs(cfg: dict, words: list[str], responses: list[list[str]], nois
 
 
 def sft_pairs_source(cfg: dict, work: Path, words: list[str], name: str, seed: int) -> list[list[str]]:
-    """SFT samples for pairs (cached): 2 x pairs_per_prompt responses per prompt."""
+    """SFT samples for pairs (cached): samples_per_prompt responses per prompt."""
     path = work / f"{name}.json"
     if path.exists():
         return json.loads(path.read_text())
-    n = 2 * cfg["rm"]["pairs_per_prompt"]
+    n = cfg["rm"]["samples_per_prompt"]
     responses = testbed.sample_responses(work / "sft", words, n, cfg["ppo"]["temperature"],
                                          cfg["ppo"]["max_new_tokens"], seed)
     path.write_text(json.dumps(responses))
@@ -158,8 +160,12 @@ def train_with_openrlhf(cfg: dict, s: dict, data: Path, sft: Path, out: Path) ->
 
     r = cfg["rm"]
     start = time.time()
+    # train_rm's evaluation only gives the checkpoint its mean/std (unused: no --reward.normalize_enable); a few
+    # pairs keep it short (train_reward_model's default evaluates every training pair once more)
+    few = out.with_name(out.name + "_eval_pairs.jsonl")
+    few.write_text("".join(data.read_text().splitlines(keepends=True)[:r["eval_pairs"]]))
     train_reward_model(sft, data, out, flags=[
-        "--data.apply_chat_template", "--data.max_len", str(cfg["ppo"]["data_max_len"] + cfg["ppo"]["max_new_tokens"]),
+        "--eval.dataset", str(few), "--data.apply_chat_template", "--data.max_len", str(cfg["ppo"]["data_max_len"] + cfg["ppo"]["max_new_tokens"]),
         "--train.max_epochs", str(s["rm_epochs"]), "--adam.lr", str(r["lr"]),
         "--train.batch_size", str(r["batch_size"]), "--train.micro_batch_size", str(r["batch_size"]),
         "--train.seed", str(r["seed"]),

@@ -70,7 +70,7 @@ def test_evidence_v2_smoke(tmp_path):
         assert len(scores) == smoke["n_train_eval_prompts"] and all(math.isfinite(x) for r in scores for x in r)
     a = results["arms"][arm]
     assert math.isfinite(a["heldout_gold_final"]["mean"]) and math.isfinite(a["kl_final"]["mean"])
-    share = results["claims"]["improvement_over_baselines"][arm]["beat_share_end"]["mean"]
+    share = results["claims"]["per_arm"][arm]["beat_share_end"]["mean"]
     assert 0.0 <= share <= 1.0
     assert (work / "evidence_v2.png").stat().st_size > 10_000
 
