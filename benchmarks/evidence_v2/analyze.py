@@ -250,6 +250,18 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def rm_table(summary: dict) -> str:
+    """Each reward model's pairwise accuracy against clean gold labels on fresh pairs, overall and by flip rate."""
+    lines = ["| reward model | pairs (flipped) | train s | accuracy, fresh pairs of training prompts | by flip rate of the prompt "
+             "| accuracy, held-out prompts |", "|---|---|---|---|---|---|"]
+    for rm, info in summary["reward_models"].items():
+        tr, ho = info["accuracy_train_prompts_fresh_pairs"], info["accuracy_heldout_prompts"]
+        buckets = "; ".join(f"{k}: {b['accuracy']:.3f} ({b['pairs']})" for k, b in tr["by_flip_rate"].items())
+        lines.append(f"| {rm} | {info['pairs']} ({info['flipped']}) | {info['train_seconds']:.0f} | {tr['accuracy']:.3f} "
+                     f"({tr['pairs']} pairs) | {buckets} | {ho['accuracy']:.3f} ({ho['pairs']} pairs) |")
+    return "\n".join(lines)
+
+
 def verdict(x: dict | None, sign: int = 1) -> str:
     """Supported when the 95% interval of the (signed) measure lies above 0."""
     if not x or x.get("mean") is None:
@@ -354,7 +366,7 @@ def analyze(work: Path, results_dir: Path, cfg: dict, s: dict) -> dict:
     status = "complete" if summary["complete"] else f"PARTIAL: {summary['runs_done']} of {summary['runs_planned']} runs"
     (results_dir / "results.json").write_text(json.dumps(summary, indent=1))
     (results_dir / "results_table.md").write_text(f"Evidence v2, {status}.\n\n{table(summary)}\n\n"
-                                                  f"{claims_table(summary)}\n")
+                                                  f"{claims_table(summary)}\n\n{rm_table(summary)}\n")
     try:
         plot(work, results_dir / "evidence_v2.png", s, summary)
     except Exception as exc:  # a plot problem must not stop the experiment
@@ -380,6 +392,7 @@ def main() -> None:
     summary = analyze(work, results, cfg, s)
     print(table(summary))
     print(claims_table(summary))
+    print(rm_table(summary))
     print(f"{summary['runs_done']}/{summary['runs_planned']} runs; wrote {results / 'results.json'}")
 
 
