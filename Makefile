@@ -86,3 +86,13 @@ evidence: venv
 
 evidence-smoke: venv
 	PYTHONPATH=tests/support $(PY) benchmarks/evidence/run.py --smoke
+
+# Evidence v2 (benchmarks/evidence_v2/README.md): a learned reward model (OpenRLHF's train_rm on CPU, noisy labels)
+# served with --reward.model_name_or_path; oracle, raw, contrastive, reinforce + contrastive, RLOO arms. Resumable:
+# finished runs are skipped. Results: benchmarks/evidence_v2/results.json, results_table.md, evidence_v2.png.
+.PHONY: evidence-v2 evidence-v2-smoke
+evidence-v2: venv
+	PYTHONPATH=tests/support $(PY) benchmarks/evidence_v2/run.py
+
+evidence-v2-smoke: venv
+	PYTHONPATH=tests/support $(PY) benchmarks/evidence_v2/run.py --smoke

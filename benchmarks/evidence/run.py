@@ -114,11 +114,12 @@ def tail(path: Path, n: int = 40) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- flags
-def common_flags(cfg: dict, work: Path, out: Path) -> list[str]:
+def common_flags(cfg: dict, work: Path, out: Path, reward: list[str] | None = None) -> list[str]:
+    """The flags every run shares; `reward` picks the reward (default: this experiment's proxy reward file)."""
     p = cfg["ppo"]
     return [
         "--actor.model_name_or_path", str(work / "sft"),
-        "--reward.remote_url", str(REWARD_FILE),
+        *(reward or ["--reward.remote_url", str(REWARD_FILE)]),
         "--data.prompt_dataset", str(work / "train_prompts.jsonl"), "--data.input_key", "input",
         "--data.apply_chat_template",
         "--data.max_len", str(p["data_max_len"]), "--rollout.max_new_tokens", str(p["max_new_tokens"]),
@@ -135,18 +136,21 @@ def common_flags(cfg: dict, work: Path, out: Path) -> list[str]:
     ] if out is not None else [])
 
 
-def arm_flags(cfg: dict, s: dict, arm: str, seed: int, work: Path, out: Path) -> list[str]:
+def arm_flags(cfg: dict, s: dict, arm: str, seed: int, work: Path, out: Path, reward: list[str] | None = None,
+              baselines: Path | None = None) -> list[str]:
+    """One arm's train_ppo_ray flags; `reward` as in common_flags, `baselines` the store (default work/baselines)."""
     p, a = cfg["ppo"], cfg["arms"][arm]
     n = a.get("n_samples_per_prompt", 1)
     # Default: the same samples (and gradient batch) per PPO step in every arm (prompts_per_step / n prompts x n).
     # An arm may set its own prompts per step (rloo_k_same_steps: the same prompts and steps, n samples each).
     samples = a.get("prompts_per_step", p["prompts_per_step"] // n) * n
-    flags = common_flags(cfg, work, out) + [
+    flags = common_flags(cfg, work, out, reward) + [
         "--critic.model_name_or_path", str(work / "sft"),  # ignored by OpenRLHF for non-gae estimators
         "--algo.advantage.estimator", a["estimator"],
         "--rollout.batch_size", str(samples // n), "--rollout.n_samples_per_prompt", str(n),
         "--rollout.micro_batch_size", str(samples),
-        "--train.batch_size", str(samples), "--train.micro_batch_size", str(samples), "--train.max_epochs", "1",
+        "--train.batch_size", str(samples), "--train.micro_batch_size", str(samples),
+        "--train.max_epochs", str(p.get("max_epochs", 1)),
         "--train.num_episodes", str(s["num_episodes"]), "--train.seed", str(seed),
         "--actor.adam.lr", str(p["actor_lr"]), "--critic.adam.lr", str(p["critic_lr"]),
         "--actor.lr_warmup_ratio", "0.0", "--critic.lr_warmup_ratio", "0.0",
@@ -154,7 +158,7 @@ def arm_flags(cfg: dict, s: dict, arm: str, seed: int, work: Path, out: Path) ->
     ]
     flags += list(a["reward_flags"])
     if "--reward_fn" in a["reward_flags"]:
-        flags += ["--contrastive.baseline_path", str(work / "baselines"), "--contrastive.k", str(p["k"])]
+        flags += ["--contrastive.baseline_path", str(baselines or work / "baselines"), "--contrastive.k", str(p["k"])]
     return flags
 
 
