@@ -8,12 +8,10 @@ analysis. Checks the pipeline produced real numbers, not the outcome. About 1-2 
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cpu_runs import run_evidence_smoke  # tests/e2e
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 
@@ -22,16 +20,9 @@ RUNNER = REPO / "benchmarks" / "evidence" / "run.py"
 
 
 def test_evidence_smoke(tmp_path):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests" / "support"), env.get("PYTHONPATH")]))
     work = tmp_path / "work"
-    proc = subprocess.run([sys.executable, str(RUNNER), "--smoke", "--out", str(work)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-
-    cfg = json.loads((REPO / "benchmarks" / "evidence" / "config.json").read_text())
+    cfg, results, _ = run_evidence_smoke(RUNNER, work)
     smoke = cfg["smoke"]
-    results = json.loads((work / "results.json").read_text())
     assert results["complete"] and results["runs_done"] == 1
     store = results["baseline_store"]
     assert store["k"] == cfg["ppo"]["k"] and store["prompts"] == smoke["n_train_prompts"]
@@ -62,7 +53,5 @@ def test_evidence_smoke(tmp_path):
     assert (work / "evidence.png").stat().st_size > 10_000
 
     # a rerun resumes: nothing is trained or sampled again
-    again = subprocess.run([sys.executable, str(RUNNER), "--smoke", "--out", str(work)], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "train_ppo_ray ..." not in again.stdout and "openrlhf-contrastive sample" not in again.stdout
+    _, _, again = run_evidence_smoke(RUNNER, work)
+    assert "train_ppo_ray ..." not in again and "openrlhf-contrastive sample" not in again
