@@ -15,7 +15,9 @@ Order of work (everything cached in --out, so an interrupted run resumes where i
      arms' baseline store is written by the in-job stage of the first contrastive run of each RM, through the
      trainer's own vLLM engine and RewardModelActor group), HF checkpoints along the run, each checkpoint and the
      end evaluated on held-out and training prompts (gold; the RM's score); result.json is written last and marks
-     the run done (reruns skip it; an interrupted run starts over);
+     the run done (reruns skip it; an interrupted run starts over). The full run also copies every result.json
+     into runs/ARM/seedN.json here (--archive), which is committed: a later session or machine resumes from the
+     committed runs and rebuilds only the SFT policy and the reward models (each result records their digests);
   5. analysis (analyze.py) after every finished run: results.json, results_table.md, evidence_v2.png.
 
 Needs: the project venv (make venv) and PYTHONPATH containing tests/support (openrlhf imports flash_attn).
@@ -27,6 +29,7 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import shutil
 import statistics
 import sys
@@ -124,9 +127,33 @@ def evaluate_policy(cfg: dict, model_dir: Path, sets: dict, rm_dirs: dict, seed:
     return result
 
 
-def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_dirs: dict) -> dict | None:
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    return f"{platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def provenance(cfg: dict, work: Path, arm: str, rm_dirs: dict) -> dict:
+    """What a result depends on that a later session rebuilds: the plugin commit, the SFT policy's and the reward
+    model's content digests, the machine. Runs archived by different sessions are comparable when these agree."""
+    from openrlhf_contrastive.fingerprint import content_digest
+
+    rm = cfg["arms"][arm]["reward"]
+    return {"plugin_commit": (work / "pkg_commit.txt").read_text().strip(),
+            "sft_digest": content_digest(str(work / "sft"), full=True),
+            "rm_digest": content_digest(str(rm_dirs[rm]), full=True) if rm in rm_dirs else None,
+            "machine": cpu_model()}
+
+
+def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_dirs: dict,
+            archive: Path | None = None) -> dict | None:
     out = work / "runs" / arm / f"seed{seed}"
     result_path = out / "result.json"
+    archived = archive / arm / f"seed{seed}.json" if archive else None
+    if archived and archived.exists() and not result_path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(archived, result_path)  # finished by an earlier session (see provenance in it)
     if result_path.exists():
         return json.loads(result_path.read_text())
     if out.exists():
@@ -170,8 +197,12 @@ def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_
         "heldout": {k: final["heldout"][k] for k in ("gold", "gold_win_rate_vs_sft", "mean_chars")},
         "along": {str(k): v for k, v in along.items()},
         "scalars": scalars,
+        "provenance": provenance(cfg, work, arm, rm_dirs),
     }
     result_path.write_text(json.dumps(result))
+    if archived:
+        archived.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(result_path, archived)
     shutil.rmtree(out / "ckpt", ignore_errors=True)  # 9 checkpoints per run add up; everything measured is kept
     log(f"{arm} seed {seed}: done in {seconds:.0f} s (+{result['eval_s']:.0f} s evaluation), {len(steps)} steps, "
         f"held-out gold {result['heldout']['gold']:.3f}, win rate vs SFT {result['heldout']['gold_win_rate_vs_sft']:.3f}")
@@ -187,6 +218,9 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=None,
                     help="where results.json, results_table.md and evidence_v2.png go (default "
                          "benchmarks/evidence_v2 for the full run, the work directory otherwise)")
+    ap.add_argument("--archive", type=Path, default=None,
+                    help="where every finished run's result.json is copied and looked for first (default "
+                         "benchmarks/evidence_v2/runs for the full run, none otherwise)")
     ap.add_argument("--config", type=Path, default=CONFIG_PATH)
     ap.add_argument("--arms", nargs="*", default=None, help="only these arms (pilots)")
     ap.add_argument("--seeds", nargs="*", type=int, default=None, help="only these seeds (pilots)")
@@ -200,6 +234,7 @@ def main() -> None:
     work = (args.out or REPO / ".cache" / "evidence_v2" / ("smoke" if args.smoke else "full")).resolve()
     default_results = HERE if not (args.smoke or args.arms or args.seeds or args.config != CONFIG_PATH) else work
     results_dir = (args.results or default_results).resolve()
+    archive = args.archive or (HERE / "runs" if default_results == HERE else None)
     t0 = time.time()
     log(f"work {work}; runs {s['runs']}")
     data = v1.prepare(cfg, s, work)
@@ -211,7 +246,7 @@ def main() -> None:
             "train": v1.sft_samples(cfg, work, rng_words, "sft_train_eval")}
     failed = []
     for arm, seed in s["runs"]:
-        if one_run(cfg, s, arm, seed, work, sets, rm_dirs) is None:
+        if one_run(cfg, s, arm, seed, work, sets, rm_dirs, archive and archive.resolve()) is None:
             failed.append((arm, seed))
         analyze.analyze(work, results_dir, cfg, s)
     log(f"finished in {time.time() - t0:.0f} s; failed runs: {failed or 'none'}; results in {results_dir}")

@@ -100,8 +100,8 @@ def store_files(store: Path) -> dict:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(store.iterdir())}
 
 
-def run_evidence_smoke(runner: Path, work: Path) -> tuple[dict, dict, str]:
-    """`runner --smoke --out work` (an evidence experiment's whole pipeline, scaled down, resumable in `work`).
+def run_evidence_smoke(runner: Path, work: Path, *extra: str) -> tuple[dict, dict, str]:
+    """`runner --smoke --out work *extra` (an evidence experiment's whole pipeline, scaled down, resumable in `work`).
 
     Returns the experiment's config.json, the run's results.json and what the runner printed.
 
@@ -110,7 +110,7 @@ def run_evidence_smoke(runner: Path, work: Path) -> tuple[dict, dict, str]:
     import json
     import subprocess
 
-    proc = subprocess.run([sys.executable, str(runner), "--smoke", "--out", str(work)], cwd=REPO,
+    proc = subprocess.run([sys.executable, str(runner), "--smoke", "--out", str(work), *extra], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     cfg = json.loads((runner.parent / "config.json").read_text())

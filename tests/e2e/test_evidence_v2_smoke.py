@@ -4,7 +4,8 @@ The SFT policy trained in code; a noisy-label reward model trained by OpenRLHF's
 and its accuracy against clean gold labels; one arm (cr_mean), one seed, one short episode of the real
 `train_ppo_ray` serving that RM with `--reward.model_name_or_path` (OpenRLHF's RewardModelActor group), whose
 in-job stage writes the baseline store; the checkpoints evaluated on gold; the analysis. Checks that the pipeline
-produced real numbers, not the outcome, and that a rerun resumes without training anything.
+produced real numbers, not the outcome, that a rerun resumes without training anything, and that a finished run
+archived with --archive (the committed copy that lets a later session resume the full run) is restored from it.
 """
 
 import json
@@ -22,8 +23,8 @@ RUNNER = REPO / "benchmarks" / "evidence_v2" / "run.py"
 
 
 def test_evidence_v2_smoke(tmp_path):
-    work = tmp_path / "work"
-    cfg, results, _ = run_evidence_smoke(RUNNER, work)
+    work, archive = tmp_path / "work", tmp_path / "archive"
+    cfg, results, _ = run_evidence_smoke(RUNNER, work, "--archive", str(archive))
     smoke = cfg["smoke"]
     assert results["complete"] and results["runs_done"] == 1
 
@@ -66,6 +67,17 @@ def test_evidence_v2_smoke(tmp_path):
     assert 0.0 <= share <= 1.0
     assert (work / "evidence_v2.png").stat().st_size > 10_000
 
+    # the archived copy, with what a later session needs to compare its rebuilt models against
+    assert json.loads((archive / arm / "seed1.json").read_text()) == run
+    prov = run["provenance"]
+    assert len(prov["plugin_commit"]) == 40 and len(prov["sft_digest"]) == len(prov["rm_digest"]) == 16
+
     # a rerun resumes: nothing is trained or sampled again
     _, _, again = run_evidence_smoke(RUNNER, work)
     assert "train_ppo_ray ..." not in again and "train_rm" not in again
+
+    # a finished run lost from the work directory (a new session) comes back from the archive, not from training
+    (work / "runs" / arm / "seed1" / "result.json").unlink()
+    _, restored, again = run_evidence_smoke(RUNNER, work, "--archive", str(archive))
+    assert "train_ppo_ray ..." not in again and restored["runs_done"] == 1
+    assert json.loads((work / "runs" / arm / "seed1" / "result.json").read_text()) == run
