@@ -142,7 +142,7 @@ def describe(store: BaselineStore, rollouts: ScoredRollouts | None = None, cover
 
 
 def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None = None, title: str | None = None,
-         training: list[TrainingRun] | None = None) -> Path:
+         training: list[TrainingRun] | None = None, training_policy: str = "") -> Path:
     """Write the PNG report (2 panels, 4 with rollouts, 6 with training runs) and return its path."""
     import matplotlib
 
@@ -198,7 +198,7 @@ def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None 
         ax.legend(fontsize=8)
 
     if training:
-        plot_training(axes[-1], training)
+        plot_training(axes[-1], training, training_policy)
 
     fig.tight_layout()
     png = Path(png)
@@ -208,8 +208,10 @@ def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None 
     return png
 
 
-def plot_training(axes, runs: list[TrainingRun]) -> None:
-    """5. r and r - b per PPO step of every run; 6. each trained policy's win rate against the SFT baselines."""
+def plot_training(axes, runs: list[TrainingRun], policy: str = "") -> None:
+    """5. r and r - b per PPO step of every run; 6. each trained policy's win rate against the SFT baselines.
+    `policy` names the trained policy in the titles where it is not the one of panels 1-4."""
+    on = f" ({policy})" if policy else ""
     colors = ["tab:green", "tab:orange", "tab:blue", "tab:red"]
     ax = axes[0]
     for run, color in zip(runs, colors):
@@ -217,7 +219,7 @@ def plot_training(axes, runs: list[TrainingRun]) -> None:
         ax.plot(run.steps, run.reward_minus_baseline, color=color, lw=1.5, ls="--", marker="o", ms=3,
                 label=f"{run.name}: r - b")
     ax.axhline(0, color="black", lw=0.8)
-    ax.set(xlabel="PPO step", ylabel="mean over the step's rollouts", title="5. Training: r and r - b per PPO step")
+    ax.set(xlabel="PPO step", ylabel="mean over the step's rollouts", title=f"5. Training{on}: r and r - b per PPO step")
     ax.legend(fontsize=8)
 
     ax = axes[1]
@@ -230,7 +232,7 @@ def plot_training(axes, runs: list[TrainingRun]) -> None:
         ax.text(xi, top + 0.02, f"{rate:.3f}", ha="center", fontsize=9)
     ax.axhline(0.5, color="black", lw=0.8, label="SFT start (0.5)")
     ax.set(xticks=x, xticklabels=[run.name for run in runs], ylim=(0, 1.05), ylabel="P(r > r_j), ties half",
-           title="6. Trained policy against the SFT baselines (95% interval over prompts)")
+           title=f"6. Trained policy{on} against its SFT baselines (95% interval over prompts)")
     ax.legend(fontsize=8, loc="lower right")
 
 

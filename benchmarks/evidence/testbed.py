@@ -96,6 +96,11 @@ def _unit(*parts: str) -> float:
 _NORMAL = statistics.NormalDist()
 
 
+def prompt_tag(word: str) -> float:
+    """A number in [0, 1) fixed per prompt word, independent of the proxy's settings (logged, never trained on)."""
+    return _unit("prompt_tag", word)
+
+
 def prompt_offset(word: str, p: dict) -> float:
     return p["offset_scale"] * _NORMAL.inv_cdf(_unit(str(p["seed"]), "offset", word))
 

@@ -11,10 +11,12 @@ Top to bottom:
     4. rollouts  fresh samples from the same engine (other seeds), scored by the same reward: r
     5. contrast  the plugin's own ContrastiveReward.transform turns r into r - b, as in a PPO step
     6. report    a summary table, rollouts.jsonl, summary.json and report.png (openrlhf_contrastive.report)
-    7. training  with --repo CLONE (`make demo`): PPO through the real train_ppo_ray on this store, with and without
-                 --reward_fn contrastive, and `openrlhf-contrastive evaluate` of both policies against the SFT start;
-                 their curves and win rates join report.png (openrlhf_contrastive/demo/train.py). The trainer runs on
-                 CPU only through the clone's test-and-demo-only cpu_training/, which is not installed with the package.
+    7. training  with --repo CLONE (`make demo`): PPO through the real train_ppo_ray with and without --reward_fn
+                 contrastive, and `openrlhf-contrastive evaluate` of both policies against the SFT start; their curves
+                 and win rates join report.png (openrlhf_contrastive/demo/train.py). Training uses the evidence
+                 testbed's tiny policy and noisy proxy reward (SmolLM2 PPO needs ~11 GiB per run and minutes per step
+                 on CPU); its store is written by the contrastive run's in-job stage. The trainer runs on CPU only
+                 through the clone's test-and-demo-only cpu_training/, which is not installed with the package.
 
 Nothing but the PyPI package is downloaded; no model hub is contacted.
 """
@@ -42,6 +44,8 @@ from openrlhf_contrastive.store import BaselineStore, StoreError, prompt_keys
 
 PROMPTS = Path(__file__).parent / "data" / "prompts.jsonl"
 REWARD_FILE = Path(__file__).parent / "reward.py"
+# The training part's prompts: words of the evidence testbed's training set (1024 words).
+TRAIN_PROMPTS, TRAIN_PROMPTS_MAX = 128, 1024
 # Prompts per chunk of the stage and of the rollouts: the progress bar moves every few seconds, and the requests in
 # flight (the stage keeps two chunks of 8 x k) stay few enough for one CPU engine's batch.
 CHUNK_PROMPTS = 8
@@ -72,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--reward_fn contrastive, on CPU through CLONE/cpu_training, test-and-demo-only) and evaluates both policies. "
         "`make demo` passes --repo .; without it the demo stops after the stage's report",
     )
+    parser.add_argument("--train-prompts", type=int, default=TRAIN_PROMPTS,
+                        help="training prompts (words of the evidence testbed) of the training part")
     parser.add_argument("--train-prompts-per-step", type=int, default=16, help="prompts (one rollout each) per PPO step")
     parser.add_argument("--train-episodes", type=int, default=1, help="passes over the prompts in training")
     return parser
@@ -250,11 +256,11 @@ def run(opts, launch_py: Path | None = None) -> dict:
         return summary
 
     # 7. training: PPO with and without the contrastive reward on this store, both policies evaluated
-    training = train.train_and_evaluate(launch_py, flags, store_path, store.k, out / "training", len(prompts),
-                                        opts.train_prompts_per_step, opts.train_episodes, list(questions.values()))
-    png = report.plot(store, out / "report.png", scored, training=training,
-                      title=f"contrastive-reward demo: {policy_name.split(' (')[0]}, {len(store)} prompts, k = {store.k}, "
-                            f"{len(training[0].steps)} PPO steps")
+    training = train.train_and_evaluate(launch_py, cache, out / "training", opts.train_prompts,
+                                        opts.train_prompts_per_step, opts.train_episodes)
+    png = report.plot(store, out / "report.png", scored, training=training, training_policy="testbed policy",
+                      title=f"contrastive-reward demo: {policy_name.split(' (')[0]}, {len(store)} prompts, k = {store.k}; "
+                            f"training on the evidence testbed, {len(training[0].steps)} PPO steps")
     summary["training"] = [vars(run) for run in training]
     summary["seconds"] = time.time() - start
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -269,13 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     launch_py = None
     if opts.repo:  # everything the training part needs is checked before the stage spends any time
         launch_py = train.check_clone(Path(opts.repo))
-        available = len(PROMPTS.read_text().splitlines())
-        prompts = min(available, opts.max_prompts or available)
-        if not 1 <= opts.train_prompts_per_step <= prompts or opts.train_episodes < 1:
+        prompts = opts.train_prompts
+        if not 1 <= prompts <= TRAIN_PROMPTS_MAX or not 1 <= opts.train_prompts_per_step <= prompts or opts.train_episodes < 1:
             raise SystemExit(
-                f"--train-prompts-per-step {opts.train_prompts_per_step} and --train-episodes {opts.train_episodes}: a "
-                f"PPO step takes between 1 and all {prompts} prompts, and training makes at least one pass over them. "
-                "Fix: pick a step size in that range."
+                f"--train-prompts {prompts}, --train-prompts-per-step {opts.train_prompts_per_step} and --train-episodes "
+                f"{opts.train_episodes}: training takes 1 to {TRAIN_PROMPTS_MAX} testbed prompts, a PPO step between 1 "
+                "and all of them, and at least one pass over them. Fix: pick values in those ranges."
             )
         check_patched()
     run(opts, launch_py)

@@ -1,22 +1,27 @@
 """The demo's training part without training: the flags it gives train_ppo_ray, reading OpenRLHF's log lines as they
 grow, r - b of the raw run, and the refusal of a --repo that is not a clone."""
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from openrlhf_contrastive.demo import train
 
-STAGE = ["--actor.model_name_or_path", "/m/policy", "--reward.remote_url", "/r.py", "--contrastive.k", "4",
-         "--contrastive.chunk_size", "8", "--contrastive.baseline_path", "/s/store", "--vllm.enforce_eager"]
+PPO = {"k": 4, "temperature": 1.0, "max_new_tokens": 16, "data_max_len": 32, "actor_lr": 1e-4, "critic_lr": 5e-4,
+       "kl_init_coef": 0.02, "max_epochs": 4}
+BED = train.Testbed(Path("/m/sft"), Path("/d/prompts.jsonl"), Path("/r/reward_proxy.py"), Path("/d/config.json"), PPO)
 STATUS = {"reward": 0.5, "kl": 0.001, "timing/step_total": 3.25}
 
 
-def test_train_flags_keep_the_stage_flags_that_shape_rewards_and_drop_the_stage_only_ones(tmp_path):
-    flags = train.train_flags(STAGE, tmp_path, prompts_per_step=8, episodes=2)
+def test_train_flags_are_the_testbeds_and_evidence_v2s_ppo(tmp_path):
+    flags = train.train_flags(BED, tmp_path, prompts_per_step=8, episodes=2)
     value = lambda name: flags[flags.index(name) + 1]
-    assert value("--actor.model_name_or_path") == value("--critic.model_name_or_path") == "/m/policy"
-    assert value("--reward.remote_url") == "/r.py" and "--vllm.enforce_eager" in flags
-    assert not {"--contrastive.k", "--contrastive.chunk_size", "--contrastive.baseline_path", "4", "/s/store"} & set(flags)
+    assert value("--actor.model_name_or_path") == value("--critic.model_name_or_path") == "/m/sft"
+    assert value("--reward.remote_url") == "/r/reward_proxy.py" and "--vllm.enforce_eager" in flags
+    assert value("--data.prompt_dataset") == "/d/prompts.jsonl" and "--reward_fn" not in flags
     assert (value("--rollout.batch_size"), value("--train.batch_size"), value("--train.num_episodes")) == ("8", "8", "2")
+    assert (value("--train.max_epochs"), value("--actor.adam.lr"), value("--rollout.max_new_tokens")) == ("4", "0.0001", "16")
     assert value("--algo.advantage.estimator") == "gae"
     assert value("--ckpt.output_dir") == str(tmp_path / "policy")
     assert train.contrastive_flags(tmp_path, 4) == ["--reward_fn", "contrastive", "--contrastive.baseline_path",
@@ -26,17 +31,30 @@ def test_train_flags_keep_the_stage_flags_that_shape_rewards_and_drop_the_stage_
 def test_the_log_is_read_as_it_grows_one_complete_line_at_a_time(tmp_path):
     run = train.Run("raw", tmp_path, [])
     prefix = "\x1b[36m(PPOTrainer pid=7)\x1b[0m INFO 12-02 09:20:01 ppo_trainer.py:553] "
-    sample = f"{prefix}Sample: ['system\\nAnswer.\\nuser\\nWhat is the capital of Italy?\\nassistant\\nRome.', 1.25]\n"
     step1 = f"{prefix}✨ Global step 1: {STATUS}\n"
-    run.log.write_text("noise\n" + sample + step1[:30])  # the step line is still being written
+    run.log.write_text(f"noise\n{prefix}Sample: ['abba', 1.25]\n" + step1[:30])  # the step line is being written
     assert train.parse_log(run) == []
-    assert run.samples == ["system\nAnswer.\nuser\nWhat is the capital of Italy?\nassistant\nRome."]
     with open(run.log, "a") as f:
         f.write(step1[30:] + f"{prefix}✨ Global step 2: {dict(STATUS, reward=0.75)}\n")
     assert [s["step"] for s in train.parse_log(run)] == [1, 2]
     assert [s["reward"] for s in run.steps] == [0.5, 0.75]
-    assert train.question_of(run.samples[0], ["What is the capital of France?", "What is the capital of Italy?"]) \
-        == "What is the capital of Italy?"
+
+
+def finished(tmp_path, name: str, tags: list[float]) -> "train.Run":
+    run = train.Run(name, tmp_path / name, [], process=subprocess.Popen(["true"]))
+    run.process.wait()
+    run.out.mkdir(parents=True)
+    run.log.write_text("")
+    run.steps = [{**STATUS, "step": i, "prompt_tag": tag} for i, tag in enumerate(tags, 1)]
+    return run
+
+
+def test_runs_that_trained_on_other_prompts_at_some_step_are_refused(tmp_path):
+    same = {"contrastive": finished(tmp_path, "contrastive", [0.41, 0.55]), "raw": finished(tmp_path, "raw", [0.41 + 3e-8, 0.55])}
+    train.check_runs(same, 2)  # the same prompts, summed in another order
+    other = {"contrastive": finished(tmp_path / "2", "contrastive", [0.41, 0.55]), "raw": finished(tmp_path / "2", "raw", [0.41, 0.62])}
+    with pytest.raises(SystemExit, match=r"different prompts at steps \[2\]"):
+        train.check_runs(other, 2)
 
 
 def test_raw_steps_subtract_the_contrastive_runs_baseline_of_the_same_step(tmp_path):
