@@ -232,7 +232,7 @@ def plot_training(axes, runs: list[TrainingRun], policy: str = "") -> None:
         ax.text(xi, top + 0.02, f"{rate:.3f}", ha="center", fontsize=9)
     ax.axhline(0.5, color="black", lw=0.8, label="SFT start (0.5)")
     ax.set(xticks=x, xticklabels=[run.name for run in runs], ylim=(0, 1.05), ylabel="P(r > r_j), ties half",
-           title=f"6. Trained policy{on} against its SFT baselines (95% interval over prompts)")
+           title=f"6. Trained policy{on} vs its SFT baselines (95% interval)")
     ax.legend(fontsize=8, loc="lower right")
 
 
