@@ -64,6 +64,31 @@ def store_means(work: Path, rm: str, words: list[str]) -> list[float] | None:
     return [float(r.mean()) if h else None for r, h in zip(rewards, hit)]
 
 
+RESTORED = "restored_from_archive"  # marks a run directory whose result.json came from the archive (run.py)
+
+
+def stamp_baselines(work: Path, s: dict, words: list[str], archive: Path | None) -> None:
+    """Give every run finished in this work directory the stored baselines b(x) of the evaluated training prompts
+    that its RM scores are compared with: this session's stores, scored by this session's reward models, the same
+    ones that scored the run's samples. A later session retrains the reward models and rewrites the stores, so a run
+    carries its own (in result.json and its archived copy); a run restored from the archive is never stamped by
+    another session, and one whose session ended before its RM's store existed stays without (excluded from the
+    baseline-based measures, counted in results.json)."""
+    current = {rm: store_means(work, rm, words) for rm in s["reward_models"]}
+    if any(b is None for b in current.values()):
+        return  # wait until every reward model's store is written, so all runs carry the same set
+    for path in sorted((work / "runs").glob("*/seed*/result.json")):
+        if (path.parent / RESTORED).exists():
+            continue
+        r = json.loads(path.read_text())
+        if "baselines" in r:
+            continue
+        r["baselines"] = current
+        path.write_text(json.dumps(r))
+        if archive is not None and (archive / r["arm"] / f"seed{r['seed']}.json").exists():
+            (archive / r["arm"] / f"seed{r['seed']}.json").write_text(json.dumps(r))
+
+
 def advantage_input(cfg: dict, run: dict, point: dict, baselines: dict) -> list[float] | None:
     """Per evaluated training prompt: the mean of the reward the arm's advantage is computed from (gold for the
     oracle, the RM score r for raw / rloo, r - b(x) for the contrastive arms)."""
@@ -101,7 +126,7 @@ def bucket_gain(runs: dict, arm: str, ref: str, prompts_bucket: list[int], bucke
     return paired(runs, arm, ref, gold) if idx else None
 
 
-def claims(work: Path, cfg: dict, runs: dict, sets: dict, baselines: dict) -> dict:
+def claims(work: Path, cfg: dict, runs: dict, sets: dict) -> dict:
     """The paper's five claims, each as a measured quantity (see README.md for what would support each)."""
     words = sets["train"]["words"]
     rates = [reward_models.flip_rate(w, cfg) for w in words]
@@ -143,6 +168,7 @@ def claims(work: Path, cfg: dict, runs: dict, sets: dict, baselines: dict) -> di
                                       "advantage_input_spread": {}, "critic_loss_mean": {}})
         for seed, r in by_seed.items():
             points = [r["along"][k] for k in sorted(r["along"], key=int)]
+            baselines = r.get("baselines", {})  # the run's own session's stores (stamp_baselines)
             shares = [beat_share(r, p, cfg, baselines) for p in points]
             if shares and None not in shares:
                 m["beat_share_end"][seed], m["beat_share_mean_along"][seed] = shares[-1], statistics.mean(shares)
@@ -168,7 +194,6 @@ def summarize(work: Path, cfg: dict, s: dict) -> dict:
     sets = {name: json.loads((work / f"{file}.json").read_text())
             for name, file in (("heldout", "sft_heldout"), ("train", "sft_train_eval")) if (work / f"{file}.json").exists()}
     sft_gold = statistics.mean(g for gs in sets["heldout"]["gold"] for g in gs) if "heldout" in sets else None
-    baselines = {rm: store_means(work, rm, sets["train"]["words"]) for rm in s["reward_models"]} if "train" in sets else {}
     arms = {}
     for arm in s["arms"]:
         rs = [runs.get(arm, {})[k] for k in sorted(runs.get(arm, {}))]
@@ -215,11 +240,29 @@ def summarize(work: Path, cfg: dict, s: dict) -> dict:
                 "train_eval_gold": statistics.mean(g for gs in sets["train"]["gold"] for g in gs) if "train" in sets else None},
         "reward_models": rm_info,
         "arms": arms,
-        "claims": claims(work, cfg, runs, sets, baselines) if "train" in sets else None,
+        "claims": claims(work, cfg, runs, sets) if "train" in sets else None,
+        "runs_without_baselines": sorted(f"{arm} seed {k}" for arm, by_seed in runs.items() for k, r in by_seed.items()
+                                         if "baselines" not in r),
+        "provenance": provenance_summary(runs),
         "total_wall_s": sum(r["wall_s"] + r.get("eval_s", 0) for a in runs.values() for r in a.values())
                         + sum(i.get("train_seconds", 0) for i in rm_info.values()),
         "config": cfg,
     }
+
+
+def provenance_summary(runs: dict) -> dict:
+    """Which runs share a plugin commit, reward models and machine (runs of different sessions use reward models
+    trained again by the same recipe: see README.md)."""
+    groups: dict = {}
+    for arm, by_seed in runs.items():
+        for seed, r in sorted(by_seed.items()):
+            p = r.get("provenance", {})
+            key = json.dumps({k: p.get(k) for k in ("plugin_commit", "sft_digest", "machine")}, sort_keys=True)
+            groups.setdefault(key, {"runs": [], "rm_digests": {}})
+            groups[key]["runs"].append(f"{arm} seed {seed}")
+            if p.get("rm_digest"):
+                groups[key]["rm_digests"].setdefault(p["rm_digest"], []).append(f"{arm} seed {seed}")
+    return {"groups": [{**json.loads(k), **v} for k, v in groups.items()]}
 
 
 def fmt(x, nd=3) -> str:
@@ -360,8 +403,10 @@ def plot(work: Path, png: Path, s: dict, summary: dict) -> None:
     plt.close(fig)
 
 
-def analyze(work: Path, results_dir: Path, cfg: dict, s: dict) -> dict:
+def analyze(work: Path, results_dir: Path, cfg: dict, s: dict, archive: Path | None = None) -> dict:
     results_dir.mkdir(parents=True, exist_ok=True)
+    if (work / "sft_train_eval.json").exists():
+        stamp_baselines(work, s, json.loads((work / "sft_train_eval.json").read_text())["words"], archive)
     summary = summarize(work, cfg, s)
     status = "complete" if summary["complete"] else f"PARTIAL: {summary['runs_done']} of {summary['runs_planned']} runs"
     (results_dir / "results.json").write_text(json.dumps(summary, indent=1))

@@ -143,6 +143,7 @@ def provenance(cfg: dict, work: Path, arm: str, rm_dirs: dict) -> dict:
     return {"plugin_commit": (work / "pkg_commit.txt").read_text().strip(),
             "sft_digest": content_digest(str(work / "sft"), full=True),
             "rm_digest": content_digest(str(rm_dirs[rm]), full=True) if rm in rm_dirs else None,
+            "rm_digests": {name: content_digest(str(path), full=True) for name, path in sorted(rm_dirs.items())},
             "machine": cpu_model()}
 
 
@@ -154,6 +155,7 @@ def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_
     if archived and archived.exists() and not result_path.exists():
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(archived, result_path)  # finished by an earlier session (see provenance in it)
+        (out / analyze.RESTORED).touch()  # never stamped with this session's baselines (analyze.stamp_baselines)
     if result_path.exists():
         return json.loads(result_path.read_text())
     if out.exists():
@@ -248,7 +250,7 @@ def main() -> None:
     for arm, seed in s["runs"]:
         if one_run(cfg, s, arm, seed, work, sets, rm_dirs, archive and archive.resolve()) is None:
             failed.append((arm, seed))
-        analyze.analyze(work, results_dir, cfg, s)
+        analyze.analyze(work, results_dir, cfg, s, archive and archive.resolve())
     log(f"finished in {time.time() - t0:.0f} s; failed runs: {failed or 'none'}; results in {results_dir}")
     if failed:
         raise SystemExit(1)

@@ -49,6 +49,12 @@ def test_evidence_v2_smoke(tmp_path):
     from openrlhf_contrastive.store import BaselineStore
 
     store = BaselineStore.load(work / "baselines_rm_noisy")
+    from openrlhf_contrastive.store import prompt_keys
+
+    sys.path.insert(0, str(REPO / "benchmarks" / "evidence"))
+    from testbed import prompt_text
+
+    point_words = json.loads((work / "sft_train_eval.json").read_text())["words"]
     assert len(store) == smoke["n_train_prompts"] and store.k == cfg["ppo"]["k"]
     for step in range(1, steps + 1):
         sc = {tag: run["scalars"][tag][str(step)] for tag in
@@ -71,6 +77,12 @@ def test_evidence_v2_smoke(tmp_path):
     assert json.loads((archive / arm / "seed1.json").read_text()) == run
     prov = run["provenance"]
     assert len(prov["plugin_commit"]) == 40 and len(prov["sft_digest"]) == len(prov["rm_digest"]) == 16
+    assert prov["rm_digests"] == {"rm_noisy": prov["rm_digest"]}
+    # the run carries the stored baselines its RM scores were compared with (a later session retrains the RMs)
+    assert run["baselines"]["rm_noisy"] == pytest.approx([float(b.mean()) for b in
+                                                          store.lookup(prompt_keys([prompt_text(w) for w in
+                                                                                    point_words]))[0]])
+    assert results["runs_without_baselines"] == [] and results["provenance"]["groups"][0]["runs"] == [f"{arm} seed 1"]
 
     # a rerun resumes: nothing is trained or sampled again
     _, _, again = run_evidence_smoke(RUNNER, work)
@@ -81,3 +93,4 @@ def test_evidence_v2_smoke(tmp_path):
     _, restored, again = run_evidence_smoke(RUNNER, work, "--archive", str(archive))
     assert "train_ppo_ray ..." not in again and restored["runs_done"] == 1
     assert json.loads((work / "runs" / arm / "seed1" / "result.json").read_text()) == run
+    assert (work / "runs" / arm / "seed1" / "restored_from_archive").exists()  # never stamped by this session
