@@ -3,7 +3,8 @@
 It declares logical GPUs to an in-process Ray (one per OpenRLHF GPU actor: vLLM engine, actor, ref, critic,
 reward model), puts this folder on PYTHONPATH so that sitecustomize.py installs the cuda -> cpu device choice of
 cpu_device.py in every process of the run (Ray workers, vLLM engine cores), and runs train_ppo_ray as __main__
-(its own `ray.init` is skipped because Ray is already up).
+(its own `ray.init` is skipped because Ray is already up). Ray starts through ray_start.py, which starts it again
+when the raylet does not register within Ray's fixed 30 s (seen on an overloaded 2-core machine).
 
 `python launch.py -m MODULE <args>` runs another module the same way, e.g. `-m openrlhf_contrastive.cli sample ...
 --contrastive.backend openrlhf --reward.model_name_or_path RM`, whose RewardModelActor group needs the device
@@ -40,8 +41,9 @@ def main() -> None:
 
     cpu_device.install()
     import ray
+    from ray_start import init_ray
 
-    ray.init(
+    init_ray(
         num_cpus=int(os.environ.get("CPU_TRAINING_RAY_CPUS", "8")),
         num_gpus=int(os.environ.get("CPU_TRAINING_RAY_GPUS", "5")),
         include_dashboard=False,

@@ -372,8 +372,10 @@ def test_evaluate_through_the_openrlhf_backend_on_vllm_cpu(env, tmp_path, monkey
     """The same store, the better policy sampled by OpenRLHF's own vLLM engine and scored by its rollout actor."""
     import ray
 
+    from ray_start import init_ray  # cpu_training/
+
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False,
+    init_ray(num_cpus=2, num_gpus=1, include_dashboard=False,
              runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": os.environ["PYTHONPATH"]}})
     try:
         report = evaluate(env, tmp_path / "out", "--contrastive.backend", "openrlhf", "--vllm.num_engines", "1",

@@ -45,8 +45,10 @@ def test_contrastive_reward_through_openrlhfs_rollout_actor(tmp_path):
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": os.environ["PYTHONPATH"],
         "CONTRASTIVE_BASE_REWARD": str(base), "CONTRASTIVE_BASELINE_PATH": str(tmp_path / "store"),
     }
+    from ray_start import init_ray  # cpu_training/
+
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, runtime_env={"env_vars": env})
+    init_ray(num_cpus=2, num_gpus=1, include_dashboard=False, runtime_env={"env_vars": env})
     try:
         (engine,) = create_vllm_engines(
             1, 1, str(policy), 42, False, False, True, 96, None, 0.05, False, None,

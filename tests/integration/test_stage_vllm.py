@@ -53,8 +53,10 @@ def cluster(tmp_path_factory):
     policy, rm = build_policy(tmp / "policy"), build_reward_model(tmp / "rm")
     reward_file = tmp / "reward.py"
     reward_file.write_text(REWARD_FILE)
+    from ray_start import init_ray  # cpu_training/
+
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False,
+    init_ray(num_cpus=2, num_gpus=1, include_dashboard=False,
              runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": os.environ["PYTHONPATH"]}})
     try:
         engines = create_vllm_engines(
