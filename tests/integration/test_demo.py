@@ -6,8 +6,8 @@ rollouts, summary and PNG.
 With --repo (what `make demo` runs): the stage, then, on the evidence testbed's tiny policy and noisy proxy reward,
 two real train_ppo_ray runs (with --reward_fn contrastive, whose in-job stage writes the store, and without) through
 cpu_training/ and `openrlhf-contrastive evaluate` of both policies.
-Measured 881 s on 2 cores shared with other jobs (load average 20-38; the runs one after the other, with under
-22 GiB of memory free), nearly all of it the start-up of the two training runs; each tiny PPO step takes a second.
+The training test took 156 s on 2 cores beside an evidence run (both training runs at once), nearly all
+of it the start-up of the two train_ppo_ray runs; each tiny PPO step takes about a second.
 """
 
 import json
