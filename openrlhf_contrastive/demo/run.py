@@ -255,7 +255,7 @@ def run(opts, launch_py: Path | None = None) -> dict:
               "the contrastive reward, and evaluates both policies against the SFT start.")
         return summary
 
-    # 7. training: PPO with and without the contrastive reward on this store, both policies evaluated
+    # 7. training (the evidence testbed's policy, its own store): PPO with and without the contrastive reward, evaluated
     training = train.train_and_evaluate(launch_py, cache, out / "training", opts.train_prompts,
                                         opts.train_prompts_per_step, opts.train_episodes)
     png = report.plot(store, out / "report.png", scored, training=training, training_policy="testbed policy",
