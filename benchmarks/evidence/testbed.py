@@ -209,8 +209,11 @@ def build_sft_policy(out_dir: Path, cfg: dict, steps: int | None = None, log=pri
 
 
 def sample_responses(model_dir: Path, words: list[str], n: int, temperature: float, max_new_tokens: int,
-                     seed: int) -> list[list[str]]:
-    """n sampled responses per word with transformers on CPU (evaluation only; training samples with vLLM)."""
+                     seed: int, min_new_tokens: int = 0) -> list[list[str]]:
+    """n sampled responses per word with transformers on CPU (evaluation only; training samples with vLLM).
+
+    min_new_tokens 0 samples the policy as it is (an empty response, EOS first, allowed); 1 samples it the way
+    OpenRLHF's rollouts do (vLLM ``min_tokens=1``: EOS masked at the first position)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -225,7 +228,7 @@ def sample_responses(model_dir: Path, words: list[str], n: int, temperature: flo
     with torch.no_grad():
         out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
                              max_new_tokens=max_new_tokens, num_return_sequences=n,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                             min_new_tokens=min_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=False)
     resp = [response_of(t, "") for t in texts]
     return [resp[i * n:(i + 1) * n] for i in range(len(words))]

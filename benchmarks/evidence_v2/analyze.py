@@ -31,6 +31,8 @@ _spec.loader.exec_module(v1)
 ci, last_mean, series, load_runs = v1.ci, v1.last_mean, v1.series, v1.load_runs
 
 TAG_BEAT = "train/contrastive/beat_baseline"
+TAG_ROLLOUT_LEN = "train/rollout/response_length_mean"  # tokens per rollout response, EOS included
+EOS_CHECK = "eos_check.json"  # eos_check.py's output, next to results.json
 NOISY_ARMS = ("raw", "cr_mean", "reinforce_cr", "rloo4", "rloo2")  # compared with raw (the noisy RM)
 
 
@@ -189,7 +191,7 @@ def claims(work: Path, cfg: dict, runs: dict, sets: dict) -> dict:
     return out
 
 
-def summarize(work: Path, cfg: dict, s: dict) -> dict:
+def summarize(work: Path, cfg: dict, s: dict, checked: dict | None = None) -> dict:
     runs = load_runs(work)
     sets = {name: json.loads((work / f"{file}.json").read_text())
             for name, file in (("heldout", "sft_heldout"), ("train", "sft_train_eval")) if (work / f"{file}.json").exists()}
@@ -244,10 +246,48 @@ def summarize(work: Path, cfg: dict, s: dict) -> dict:
         "runs_without_baselines": sorted(f"{arm} seed {k}" for arm, by_seed in runs.items() for k, r in by_seed.items()
                                          if "baselines" not in r),
         "provenance": provenance_summary(runs),
+        "empty_responses": empty_responses(runs, checked or {}),
         "total_wall_s": sum(r["wall_s"] + r.get("eval_s", 0) for a in runs.values() for r in a.values())
                         + sum(i.get("train_seconds", 0) for i in rm_info.values()),
         "config": cfg,
     }
+
+
+def empty_responses(runs: dict, checked: dict) -> dict:
+    """Per arm: the evaluated responses at the end against the rollouts' (OpenRLHF samples rollouts with vLLM
+    min_tokens=1, so a policy that ends most responses at their first token still rolls out full-length ones), and,
+    for the runs eos_check.py re-evaluated, the probability of an empty response and gold sampled both ways."""
+    out = {}
+    for arm, by_seed in runs.items():
+        rows = {}
+        for seed, r in sorted(by_seed.items()):
+            c = checked.get(f"{arm}/seed{seed}", {})
+            end = c.get("steps", {}).get(str(c.get("end")), {})
+            rows[seed] = {"eval_chars_end": r["heldout"]["mean_chars"],
+                          "rollout_tokens_end": last_mean(r, TAG_ROLLOUT_LEN),
+                          "p_eos_first_end": end.get("p_eos_first"),
+                          "p_eos_first_max": max((x["p_eos_first"] for x in c.get("steps", {}).values()), default=None),
+                          "gold_as_evaluated": end.get("min0", {}).get("gold"),
+                          "gold_as_rolled_out": end.get("min1", {}).get("gold"),
+                          "win_rate_as_rolled_out": end.get("min1", {}).get("gold_win_rate_vs_sft")}
+        short = [k for k, v in rows.items() if v["rollout_tokens_end"] and v["eval_chars_end"] < 0.5 * v["rollout_tokens_end"]]
+        out[arm] = {"runs": rows, "seeds_evaluated_short": short}
+    return out
+
+
+def empty_table(summary: dict) -> str:
+    lines = ["| arm | seed | evaluated chars/response at end | rollout tokens/response (last 8 steps) | P(EOS first) at end "
+             "(max along) | held-out gold: sampled as evaluated | sampled as rolled out (EOS masked first) |",
+             "|---|---|---|---|---|---|---|"]
+    for arm, a in summary["empty_responses"].items():
+        for seed, v in a["runs"].items():
+            if v["p_eos_first_end"] is None and seed not in a["seeds_evaluated_short"]:
+                continue  # only the runs eos_check.py re-evaluated and the runs whose evaluated responses are short
+            eos = "-" if v["p_eos_first_end"] is None else f"{v['p_eos_first_end']:.3f} ({v['p_eos_first_max']:.3f})"
+            gold = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+            lines.append(f"| {arm} | {seed} | {v['eval_chars_end']:.1f} | {v['rollout_tokens_end']:.1f} | {eos} "
+                         f"| {gold(v['gold_as_evaluated'])} | {gold(v['gold_as_rolled_out'])} |")
+    return "\n".join(lines)
 
 
 def provenance_summary(runs: dict) -> dict:
@@ -407,11 +447,13 @@ def analyze(work: Path, results_dir: Path, cfg: dict, s: dict, archive: Path | N
     results_dir.mkdir(parents=True, exist_ok=True)
     if (work / "sft_train_eval.json").exists():
         stamp_baselines(work, s, json.loads((work / "sft_train_eval.json").read_text())["words"], archive)
-    summary = summarize(work, cfg, s)
+    checked = results_dir / EOS_CHECK
+    summary = summarize(work, cfg, s, json.loads(checked.read_text()) if checked.exists() else None)
     status = "complete" if summary["complete"] else f"PARTIAL: {summary['runs_done']} of {summary['runs_planned']} runs"
     (results_dir / "results.json").write_text(json.dumps(summary, indent=1))
     (results_dir / "results_table.md").write_text(f"Evidence v2, {status}.\n\n{table(summary)}\n\n"
-                                                  f"{claims_table(summary)}\n\n{rm_table(summary)}\n")
+                                                  f"{claims_table(summary)}\n\n{rm_table(summary)}\n\n"
+                                                  f"Empty responses (eos_check.py; README.md):\n\n{empty_table(summary)}\n")
     try:
         plot(work, results_dir / "evidence_v2.png", s, summary)
     except Exception as exc:  # a plot problem must not stop the experiment

@@ -148,7 +148,7 @@ def provenance(cfg: dict, work: Path, arm: str, rm_dirs: dict) -> dict:
 
 
 def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_dirs: dict,
-            archive: Path | None = None) -> dict | None:
+            archive: Path | None = None, keep_checkpoints: bool = False) -> dict | None:
     out = work / "runs" / arm / f"seed{seed}"
     result_path = out / "result.json"
     archived = archive / arm / f"seed{seed}.json" if archive else None
@@ -205,7 +205,8 @@ def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_
     if archived:
         archived.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(result_path, archived)
-    shutil.rmtree(out / "ckpt", ignore_errors=True)  # 9 checkpoints per run add up; everything measured is kept
+    if not keep_checkpoints:  # 9 checkpoints per run add up; everything measured is kept
+        shutil.rmtree(out / "ckpt", ignore_errors=True)
     log(f"{arm} seed {seed}: done in {seconds:.0f} s (+{result['eval_s']:.0f} s evaluation), {len(steps)} steps, "
         f"held-out gold {result['heldout']['gold']:.3f}, win rate vs SFT {result['heldout']['gold_win_rate_vs_sft']:.3f}")
     return result
@@ -223,6 +224,8 @@ def main() -> None:
     ap.add_argument("--archive", type=Path, default=None,
                     help="where every finished run's result.json is copied and looked for first (default "
                          "benchmarks/evidence_v2/runs for the full run, none otherwise)")
+    ap.add_argument("--keep-checkpoints", action="store_true",
+                    help="keep every run's HF checkpoints in its ckpt/ (about 2 MB each; eos_check.py reads them)")
     ap.add_argument("--config", type=Path, default=CONFIG_PATH)
     ap.add_argument("--arms", nargs="*", default=None, help="only these arms (pilots)")
     ap.add_argument("--seeds", nargs="*", type=int, default=None, help="only these seeds (pilots)")
@@ -248,7 +251,7 @@ def main() -> None:
             "train": v1.sft_samples(cfg, work, rng_words, "sft_train_eval")}
     failed = []
     for arm, seed in s["runs"]:
-        if one_run(cfg, s, arm, seed, work, sets, rm_dirs, archive and archive.resolve()) is None:
+        if one_run(cfg, s, arm, seed, work, sets, rm_dirs, archive and archive.resolve(), args.keep_checkpoints) is None:
             failed.append((arm, seed))
         analyze.analyze(work, results_dir, cfg, s, archive and archive.resolve())
     log(f"finished in {time.time() - t0:.0f} s; failed runs: {failed or 'none'}; results in {results_dir}")

@@ -6,10 +6,12 @@ and its accuracy against clean gold labels; one arm (cr_mean), one seed, one sho
 in-job stage writes the baseline store; the checkpoints evaluated on gold; the analysis. Checks that the pipeline
 produced real numbers, not the outcome, that a rerun resumes without training anything, and that a finished run
 archived with --archive (the committed copy that lets a later session resume the full run) is restored from it.
+With --keep-checkpoints, eos_check.py re-evaluates the kept checkpoints: it must reproduce run.py's numbers.
 """
 
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +26,7 @@ RUNNER = REPO / "benchmarks" / "evidence_v2" / "run.py"
 
 def test_evidence_v2_smoke(tmp_path):
     work, archive = tmp_path / "work", tmp_path / "archive"
-    cfg, results, _ = run_evidence_smoke(RUNNER, work, "--archive", str(archive))
+    cfg, results, _ = run_evidence_smoke(RUNNER, work, "--archive", str(archive), "--keep-checkpoints")
     smoke = cfg["smoke"]
     assert results["complete"] and results["runs_done"] == 1
 
@@ -83,6 +85,17 @@ def test_evidence_v2_smoke(tmp_path):
                                                           store.lookup(prompt_keys([prompt_text(w) for w in
                                                                                     point_words]))[0]])
     assert results["runs_without_baselines"] == [] and results["provenance"]["groups"][0]["runs"] == [f"{arm} seed 1"]
+
+    # the kept checkpoints, re-evaluated by eos_check.py: run.py's held-out gold reproduced exactly with run.py's
+    # sampling, and the probability of an empty response (which OpenRLHF's rollouts never sample) measured
+    proc = subprocess.run([sys.executable, str(RUNNER.parent / "eos_check.py"), "--work", str(work)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    checked = json.loads((work / "eos_check.json").read_text())[f"{arm}/seed1"]
+    assert sorted(checked["steps"]) == sorted(run["along"])
+    for step, row in checked["steps"].items():
+        assert row["min0"]["gold"] == run["along"][step]["heldout"]["gold"] == row["recorded_min0_gold"]
+        assert 0.0 <= row["p_eos_first"] <= 1.0 and -1.0 <= row["min1"]["gold"] <= 1.0
 
     # a rerun resumes: nothing is trained or sampled again
     _, _, again = run_evidence_smoke(RUNNER, work)
