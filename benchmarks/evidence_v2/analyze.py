@@ -69,23 +69,32 @@ def store_means(work: Path, rm: str, words: list[str]) -> list[float] | None:
 RESTORED = "restored_from_archive"  # marks a run directory whose result.json came from the archive (run.py)
 
 
-def stamp_baselines(work: Path, s: dict, words: list[str], archive: Path | None) -> None:
+def baseline_rm(cfg: dict, arm: str) -> str:
+    """The reward model whose stored baselines an arm's baseline-based measures use (the oracle: the noisy RM's)."""
+    rm = cfg["arms"][arm]["reward"]
+    return rm if rm != "gold" else "rm_noisy"
+
+
+def stamp_baselines(work: Path, cfg: dict, words: list[str], archive: Path | None) -> None:
     """Give every run finished in this work directory the stored baselines b(x) of the evaluated training prompts
-    that its RM scores are compared with: this session's stores, scored by this session's reward models, the same
-    ones that scored the run's samples. A later session retrains the reward models and rewrites the stores, so a run
-    carries its own (in result.json and its archived copy); a run restored from the archive is never stamped by
-    another session, and one whose session ended before its RM's store existed stays without (excluded from the
-    baseline-based measures, counted in results.json)."""
-    current = {rm: store_means(work, rm, words) for rm in s["reward_models"]}
-    if any(b is None for b in current.values()):
-        return  # wait until every reward model's store is written, so all runs carry the same set
+    that its RM scores are compared with (baseline_rm): this session's store, written with this session's reward
+    model, the one that scored the run's samples, as soon as that store exists. A later session retrains the reward
+    models and rewrites the stores, so a run carries its own (in result.json and its archived copy); a run restored
+    from the archive is never stamped by another session, and one whose session ended before its store existed
+    stays without (excluded from the baseline-based measures, listed in results.json)."""
+    current: dict = {}
     for path in sorted((work / "runs").glob("*/seed*/result.json")):
         if (path.parent / RESTORED).exists():
             continue
         r = json.loads(path.read_text())
+        rm = baseline_rm(cfg, r["arm"])
         if "baselines" in r:
             continue
-        r["baselines"] = current
+        if rm not in current:
+            current[rm] = store_means(work, rm, words)
+        if current[rm] is None:
+            continue
+        r["baselines"] = {rm: current[rm]}
         path.write_text(json.dumps(r))
         if archive is not None and (archive / r["arm"] / f"seed{r['seed']}.json").exists():
             (archive / r["arm"] / f"seed{r['seed']}.json").write_text(json.dumps(r))
@@ -109,8 +118,7 @@ def advantage_input(cfg: dict, run: dict, point: dict, baselines: dict) -> list[
 
 def beat_share(run: dict, point: dict, cfg: dict, baselines: dict) -> float | None:
     """Share of the policy's samples (evaluated training prompts) whose RM score beats the stored baseline mean."""
-    rm = cfg["arms"][run["arm"]]["reward"]
-    rm = rm if rm != "gold" else "rm_noisy"
+    rm = baseline_rm(cfg, run["arm"])
     scores, b = point["train"].get("rm", {}).get(rm), baselines.get(rm)
     if scores is None or b is None:
         return None
@@ -244,7 +252,7 @@ def summarize(work: Path, cfg: dict, s: dict, checked: dict | None = None) -> di
         "arms": arms,
         "claims": claims(work, cfg, runs, sets) if "train" in sets else None,
         "runs_without_baselines": sorted(f"{arm} seed {k}" for arm, by_seed in runs.items() for k, r in by_seed.items()
-                                         if "baselines" not in r),
+                                         if baseline_rm(cfg, arm) not in r.get("baselines", {})),
         "provenance": provenance_summary(runs),
         "empty_responses": empty_responses(runs, checked or {}),
         "total_wall_s": sum(r["wall_s"] + r.get("eval_s", 0) for a in runs.values() for r in a.values())
@@ -446,7 +454,7 @@ def plot(work: Path, png: Path, s: dict, summary: dict) -> None:
 def analyze(work: Path, results_dir: Path, cfg: dict, s: dict, archive: Path | None = None) -> dict:
     results_dir.mkdir(parents=True, exist_ok=True)
     if (work / "sft_train_eval.json").exists():
-        stamp_baselines(work, s, json.loads((work / "sft_train_eval.json").read_text())["words"], archive)
+        stamp_baselines(work, cfg, json.loads((work / "sft_train_eval.json").read_text())["words"], archive)
     checked = results_dir / EOS_CHECK
     summary = summarize(work, cfg, s, json.loads(checked.read_text()) if checked.exists() else None)
     status = "complete" if summary["complete"] else f"PARTIAL: {summary['runs_done']} of {summary['runs_planned']} runs"
