@@ -47,18 +47,13 @@ def p_eos_first(model_dir: Path, words: list[str]) -> float:
     return float(probs.mean())
 
 
-def heldout_gold(cfg: dict, model_dir: Path, words: list[str], sft_gold: list[list[float]], seed: int,
-                 min_new_tokens: int) -> dict:
-    """run.py's held-out evaluation (evaluate_policy), with the first-position EOS mask on or off."""
-    from run import v1  # run.py's own v1 module: the same win rate as the recorded results
+def heldout_gold(cfg: dict, model_dir: Path, sft: dict, seed: int, min_new_tokens: int) -> dict:
+    """run.py's held-out evaluation (run.sample_scored), with the first-position EOS mask off (0) or on (1)."""
+    from run import sample_scored
 
-    e, p = cfg["eval"], cfg["ppo"]
-    responses = testbed.sample_responses(model_dir, words, e["samples_per_prompt"]["heldout"], e["temperature"],
-                                         p["max_new_tokens"], seed, min_new_tokens=min_new_tokens)
-    gold = [[testbed.gold(w, y) for y in ys] for w, ys in zip(words, responses)]
-    return {"gold": statistics.mean(g for gs in gold for g in gs), "gold_win_rate_vs_sft": v1.win_rate(gold, sft_gold),
-            "mean_chars": statistics.mean(len(y) for ys in responses for y in ys),
-            "empty": statistics.mean(y == "" for ys in responses for y in ys)}
+    responses, scored = sample_scored(cfg, model_dir, "heldout", sft, seed, min_new_tokens)
+    scored.pop("gold_per_prompt")
+    return scored | {"empty": statistics.mean(y == "" for ys in responses for y in ys)}
 
 
 def checkpoints(run_dir: Path, recorded: dict) -> dict[int, Path]:
@@ -69,14 +64,14 @@ def checkpoints(run_dir: Path, recorded: dict) -> dict[int, Path]:
     return {step: path for step, path in found.items() if (path / "config.json").exists()}
 
 
-def check_run(cfg: dict, run_dir: Path, words: list[str], sft_gold: list[list[float]]) -> dict:
+def check_run(cfg: dict, run_dir: Path, sft: dict) -> dict:
     recorded = json.loads((run_dir / "result.json").read_text())
     steps = {}
     for step, ckpt in checkpoints(run_dir, recorded).items():
         eval_seed = cfg["eval"]["seed"] + 1000 * recorded["seed"] + step  # run.py's sampling seed for it
-        steps[str(step)] = {"p_eos_first": p_eos_first(ckpt, words),
-                            "min0": heldout_gold(cfg, ckpt, words, sft_gold, eval_seed, 0),
-                            "min1": heldout_gold(cfg, ckpt, words, sft_gold, eval_seed, 1),
+        steps[str(step)] = {"p_eos_first": p_eos_first(ckpt, sft["words"]),
+                            "min0": heldout_gold(cfg, ckpt, sft, eval_seed, 0),
+                            "min1": heldout_gold(cfg, ckpt, sft, eval_seed, 1),
                             "recorded_min0_gold": recorded["along"][str(step)]["heldout"]["gold"]}
     return {"arm": recorded["arm"], "seed": recorded["seed"], "end": max(map(int, recorded["along"])),
             "steps": steps, "provenance": recorded["provenance"]}
@@ -98,7 +93,7 @@ def main() -> None:
         key = f"{run_dir.parent.name}/{run_dir.name}"
         if key in result or not (run_dir / "result.json").exists() or not (run_dir / "ckpt").is_dir():
             continue  # checked before, unfinished, or its checkpoints were not kept
-        run = check_run(cfg, run_dir, sft["words"], sft["gold"])
+        run = check_run(cfg, run_dir, sft)
         if not run["steps"]:
             continue
         result[key] = run

@@ -107,19 +107,26 @@ def run_flags(cfg: dict, s: dict, arm: str, seed: int, work: Path, out: Path) ->
     ]
 
 
+def sample_scored(cfg: dict, model_dir: Path, name: str, ref: dict, seed: int,
+                  min_new_tokens: int = 0) -> tuple[list[list[str]], dict]:
+    """One policy's samples of one prompt set (`name`: heldout or train; `ref`: its SFT samples, scored), and their
+    gold per prompt, mean gold, gold win rate against the SFT samples of the same prompts and mean length."""
+    e, p = cfg["eval"], cfg["ppo"]
+    responses = testbed.sample_responses(model_dir, ref["words"], e["samples_per_prompt"][name], e["temperature"],
+                                         p["max_new_tokens"], seed, min_new_tokens=min_new_tokens)
+    gold = [[testbed.gold(w, y) for y in ys] for w, ys in zip(ref["words"], responses)]
+    return responses, {"gold_per_prompt": [statistics.mean(g) for g in gold],
+                       "gold": statistics.mean(g for gs in gold for g in gs),
+                       "gold_win_rate_vs_sft": v1.win_rate(gold, ref["gold"]),
+                       "mean_chars": statistics.mean(len(y) for ys in responses for y in ys)}
+
+
 def evaluate_policy(cfg: dict, model_dir: Path, sets: dict, rm_dirs: dict, seed: int) -> dict:
     """Samples of one policy on the held-out and the evaluated training prompts: gold per sample, win rate against
     the SFT samples of the same prompts, and each reward model's score of the training-prompt samples."""
-    e, p = cfg["eval"], cfg["ppo"]
     result = {}
     for name, ref in sets.items():
-        responses = testbed.sample_responses(model_dir, ref["words"], e["samples_per_prompt"][name],
-                                             e["temperature"], p["max_new_tokens"], seed)
-        gold = [[testbed.gold(w, y) for y in ys] for w, ys in zip(ref["words"], responses)]
-        result[name] = {"gold_per_prompt": [statistics.mean(g) for g in gold],
-                        "gold": statistics.mean(g for gs in gold for g in gs),
-                        "gold_win_rate_vs_sft": v1.win_rate(gold, ref["gold"]),
-                        "mean_chars": statistics.mean(len(y) for ys in responses for y in ys)}
+        responses, result[name] = sample_scored(cfg, model_dir, name, ref, seed)
         if name == "train":  # per sample (4 decimals): the share beating the stored baseline, the spread of r - b
             result[name]["rm"] = {rm: [[round(x, 4) for x in r] for r in reward_models.score(rm_dir, ref["words"],
                                                                                                 responses)]
