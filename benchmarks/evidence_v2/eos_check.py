@@ -87,7 +87,11 @@ def main() -> None:
     torch.set_num_threads(1)
     out = args.out or args.work / "eos_check.json"
     cfg = testbed.load_config(HERE / "config.json")
-    sft = json.loads((args.work / "sft_heldout.json").read_text())  # run.py's win-rate reference
+    reference = args.work / "sft_heldout.json"  # run.py's win-rate reference
+    if not reference.exists():
+        raise SystemExit(f"eos_check: {reference} does not exist, so {args.work} is not a run.py work directory "
+                         f"(run.py writes it before any run). Pass the directory given to run.py as --out.")
+    sft = json.loads(reference.read_text())
     result = json.loads(out.read_text()) if out.exists() else {}
     for run_dir in sorted(args.work.glob("runs/*/seed*")):
         key = f"{run_dir.parent.name}/{run_dir.name}"
@@ -104,7 +108,8 @@ def main() -> None:
                   f"{end['min0']['gold']:.3f} (recorded {end['recorded_min0_gold']:.3f}), as OpenRLHF's rollouts "
                   f"{end['min1']['gold']:.3f}; win rate {end['min0']['gold_win_rate_vs_sft']:.3f} / "
                   f"{end['min1']['gold_win_rate_vs_sft']:.3f}", flush=True)
-    print(f"{len(result)} runs in {out}")
+    print(f"{len(result)} runs in {out}" + ("" if result else ": no finished run kept its checkpoints (run.py deletes "
+                                                              "them once evaluated; run it with --keep-checkpoints)"))
 
 
 if __name__ == "__main__":
