@@ -1,13 +1,17 @@
 """`openrlhf-contrastive inspect STORE`: what a baseline store holds, as text and as a PNG report.
 
     openrlhf-contrastive inspect ./baselines [--rollouts scored.jsonl] [--prompts prompts.jsonl] [--png report.png]
+                                             [--json]
 
 Printed: k, number of prompts, provenance (the fingerprint the stage wrote), the distribution of the per-prompt
-baseline means and stds, the hardest and easiest prompts, and the coverage of the given prompts or rollouts.
-The PNG (matplotlib, Agg) shows
+baseline means and stds, whether a per-prompt baseline can help this reward (`openrlhf_contrastive.diagnose`: the
+variance decomposition and its verdict), the hardest and easiest prompts, and the coverage of the given prompts or
+rollouts; with --json the same figures as one JSON object. The PNG (matplotlib, Agg) shows
 
     1. per-prompt baseline means, sorted, with the k baseline rewards of each prompt as dots: difficulty
     2. baseline std against baseline mean: reward uncertainty against difficulty
+    2b. the predicted spread of r - b relative to r against k (the decomposition), the store's leave-one-out ratio
+       and, with --rollouts, the rollouts' measured ratio
     3. with --rollouts: the spread across prompts of the raw reward r and of the contrastive r - b
     4. with --rollouts: r against the prompt's baseline b for every rollout
     5. (the demo's training part) reward r and r - b per PPO step of each training run
@@ -21,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from openrlhf_contrastive.diagnose import Diagnosis, diagnose, spread_ratio
 from openrlhf_contrastive.store import BaselineStore, StoreError, prompt_key, prompt_keys, read_prompt_texts, read_responses
 
 
@@ -41,6 +47,12 @@ class ScoredRollouts:
     @property
     def coverage(self) -> float:
         return float(self.hit.mean()) if len(self.hit) else float("nan")
+
+    @property
+    def spread_ratio(self) -> float:
+        """Measured std(r - b) / std(r) over the matched rollouts (NaN where r does not vary)."""
+        spread = self.reward.std() if len(self.reward) else 0.0
+        return float((self.reward - self.baseline).std() / spread) if spread > 0 else float("nan")
 
 
 @dataclass
@@ -95,8 +107,9 @@ def prompt_coverage(store: BaselineStore, prompts: list[str], labels: list[str] 
     return float(hit.mean()) if len(hit) else float("nan")
 
 
-def describe(store: BaselineStore, rollouts: ScoredRollouts | None = None, coverage: float | None = None, examples: int = 3) -> str:
-    """The text summary `inspect` prints."""
+def describe(store: BaselineStore, rollouts: ScoredRollouts | None = None, coverage: float | None = None, examples: int = 3,
+             diagnosis: Diagnosis | None = None) -> str:
+    """The text summary `inspect` prints (`diagnosis`: the store's, computed here when not given)."""
     texts = read_prompt_texts(store.path)
     fp = dict(store.fingerprint)
     info = fp.pop("info", {})
@@ -114,6 +127,8 @@ def describe(store: BaselineStore, rollouts: ScoredRollouts | None = None, cover
             f"  mean over prompts {store.mean.mean():.4f}, spread of prompt means (std) {store.mean.std():.4f}, "
             f"median within-prompt std {np.median(store.std):.4f}",
         ]
+    lines += ["  " + line for line in (diagnosis or diagnose(store.rewards)).lines()]
+    if len(store):
         order = np.argsort(store.mean, kind="stable")
         for title, idx in (("hardest (lowest baseline)", order[:examples]), ("easiest (highest baseline)", order[::-1][:examples])):
             lines.append(f"  {title}:")
@@ -135,15 +150,43 @@ def describe(store: BaselineStore, rollouts: ScoredRollouts | None = None, cover
         if len(rollouts.reward):
             r, c = rollouts.reward, rollouts.reward - rollouts.baseline
             lines.append(
-                f"  rollouts: r mean {r.mean():+.4f} std {r.std():.4f};  r - b mean {c.mean():+.4f} std {c.std():.4f};  "
-                f"beat their baseline {np.mean(c > 0):.1%}"
+                f"  rollouts: r mean {r.mean():+.4f} std {r.std():.4f};  r - b mean {c.mean():+.4f} std {c.std():.4f} "
+                f"({rollouts.spread_ratio:.3f}x);  beat their baseline {np.mean(c > 0):.1%}"
             )
     return "\n".join(lines)
 
 
+def figures(store: BaselineStore, rollouts: ScoredRollouts | None = None, coverage: float | None = None,
+            diagnosis: Diagnosis | None = None) -> dict:
+    """What `inspect --json` prints: the figures of `describe` as one JSON-ready object."""
+    out = {
+        "store": str(store.path),
+        "prompts": len(store),
+        "k": store.k,
+        "fingerprint": store.fingerprint,
+        "keep_responses": store.has_responses,
+        "baseline_mean": float(store.mean.mean()) if len(store) else None,
+        "spread_of_prompt_means": float(store.mean.std()) if len(store) else None,
+        "median_within_prompt_std": float(np.median(store.std)) if len(store) else None,
+        "diagnosis": (diagnosis or diagnose(store.rewards)).to_dict(),
+        "coverage_of_prompts": coverage,
+        "rollouts": None,
+    }
+    if rollouts is not None:
+        r, c = rollouts.reward, rollouts.reward - rollouts.baseline
+        out["rollouts"] = {
+            "count": len(rollouts.hit), "coverage": rollouts.coverage,
+            "reward_mean": float(r.mean()) if len(r) else None, "reward_std": float(r.std()) if len(r) else None,
+            "contrastive_std": float(c.std()) if len(r) else None, "spread_ratio": rollouts.spread_ratio,
+            "beat_baseline": float(np.mean(c > 0)) if len(r) else None,
+        }
+    return out
+
+
 def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None = None, title: str | None = None,
-         training: list[TrainingRun] | None = None, training_policy: str = "") -> Path:
-    """Write the PNG report (2 panels, 4 with rollouts, 6 with training runs) and return its path."""
+         training: list[TrainingRun] | None = None, training_policy: str = "", diagnosis: Diagnosis | None = None) -> Path:
+    """Write the PNG report (3 panels, 5 with rollouts, 7 with training runs; 2b: `diagnosis`, computed here when
+    not given) and return its path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,7 +194,10 @@ def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None 
 
     with_rollouts = rollouts is not None and len(rollouts.reward) > 0
     rows = 1 + with_rollouts + bool(training)
-    fig, axes = plt.subplots(rows, 2, figsize=(13, 4.75 * rows), squeeze=False)
+    fig = plt.figure(figsize=(16, 4.75 * rows))
+    grid = fig.add_gridspec(rows, 6)  # three panels in the first row, two in each other
+    axes = np.array([[fig.add_subplot(grid[0, 0:2]), fig.add_subplot(grid[0, 2:4])]]
+                    + [[fig.add_subplot(grid[row, 0:3]), fig.add_subplot(grid[row, 3:6])] for row in range(1, rows)])
     fig.suptitle(title or f"baseline store {store.path}: {len(store)} prompts, k = {store.k}", fontsize=12)
 
     # 1. difficulty: per-prompt baseline means, sorted, with each prompt's k rewards
@@ -168,6 +214,10 @@ def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None 
     ax.scatter(store.mean, store.std, s=16, color="tab:purple", alpha=0.45)
     ax.set(xlabel="baseline mean b(x)", ylabel=f"baseline std over k = {store.k}",
            title="2. Reward uncertainty (std) against difficulty (mean)")
+
+    # 2b. the decomposition: will r - b spread less than r?
+    plot_decomposition(fig.add_subplot(grid[0, 4:6]), diagnosis or diagnose(store.rewards),
+                       rollouts.spread_ratio if with_rollouts else None)
 
     if with_rollouts:
         r, b = rollouts.reward, rollouts.baseline
@@ -208,6 +258,31 @@ def plot(store: BaselineStore, png: str | Path, rollouts: ScoredRollouts | None 
     return png
 
 
+def plot_decomposition(ax, d: Diagnosis, measured: float | None = None) -> None:
+    """2b. Predicted std(r - b) / std(r) for fresh SFT samples against k (95% band), the store's leave-one-out ratio
+    and, when given, the rollouts' `measured` ratio."""
+    if not d.available:
+        ax.text(0.5, 0.5, "\n".join(textwrap.wrap(d.verdict, 50)), ha="center", va="center", fontsize=8,
+                transform=ax.transAxes)
+        ax.set(xticks=[], yticks=[], title="2b. Will r - b spread less than r?")
+        return
+    ks = np.arange(1, 65)
+    ratio = [spread_ratio(d.icc, k) for k in ks]
+    lo, hi = ([spread_ratio(icc, k) for k in ks] for icc in d.icc_interval[::-1])
+    ax.fill_between(ks, lo, hi, color="tab:blue", alpha=0.2, label="95% interval (bootstrap over prompts)")
+    ax.plot(ks, ratio, color="tab:blue", lw=2, label=f"predicted: sqrt((1 - ICC)(1 + 1/k)), ICC {d.icc:.2f}")
+    ax.axhline(1, color="black", lw=0.8, label="r - b spreads as much as r")
+    ax.plot([d.k], [d.predicted_ratio], "o", color="tab:blue", ms=7, label=f"store's k = {d.k}: {d.predicted_ratio:.2f}")
+    ax.plot([d.k - 1], [d.loo_ratio], "x", color="tab:purple", ms=8,
+            label=f"leave-one-out on the store (k - 1): {d.loo_ratio:.2f}")
+    if measured is not None and np.isfinite(measured):
+        ax.plot([d.k], [measured], "s", color="tab:green", ms=7, label=f"rollouts' std(r - b) / std(r): {measured:.2f}")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="baselines per prompt k", ylabel="std(r - b) / std(r)",
+           title=f"2b. Will r - b spread less than r? V {d.between:.3g}, S {d.within:.3g}")
+    ax.legend(fontsize=7)
+
+
 def plot_training(axes, runs: list[TrainingRun], policy: str = "") -> None:
     """5. r and r - b per PPO step of every run; 6. each trained policy's win rate against the SFT baselines.
     `policy` names the trained policy in the titles where it is not the one of panels 1-4."""
@@ -246,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rollouts", help='JSON lines of scored rollouts {"prompt", "label"?, "reward"}: adds their coverage and the spread of r and r - b')
     parser.add_argument("--prompts", help='JSON lines {"prompt": exact OpenRLHF prompt string, "label"?}: prints their coverage')
     parser.add_argument("--png", help="where to write the report (default: STORE/report.png)")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object instead of text")
     args = parser.parse_args(argv)
     try:
         store = BaselineStore.load(args.store)
@@ -257,7 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, ValueError, OSError) as e:
         print(f"openrlhf-contrastive inspect: {e}", flush=True)
         return 2
-    print(describe(store, rollouts, coverage))
-    png = plot(store, args.png or Path(args.store) / "report.png", rollouts)
-    print(f"report written to {png}")
+    diagnosis = diagnose(store.rewards)
+    png = plot(store, args.png or Path(args.store) / "report.png", rollouts, diagnosis=diagnosis)
+    if args.json:
+        print(json.dumps({**figures(store, rollouts, coverage, diagnosis), "png": str(png)}, indent=2))
+    else:
+        print(describe(store, rollouts, coverage, diagnosis=diagnosis))
+        print(f"report written to {png}")
     return 0

@@ -85,3 +85,27 @@ def test_training_runs_add_a_row_of_curves_and_win_rates_to_the_png(store, tmp_p
         png = report.plot(s, tmp_path / f"{name}.png", scored, training=training)
         heights[name] = matplotlib.image.imread(png).shape[0]
     assert heights["trained"] == pytest.approx(heights["stage"] * 3 / 2, abs=2)  # 3 rows of panels instead of 2
+
+
+def test_inspect_says_whether_the_baseline_can_help_in_text_and_json(store, tmp_path, capsys):
+    """The fixture's prompts differ by 0.3 per prompt, its rewards within a prompt by 0.1: prompts explain 97%."""
+    within, between = 0.01, 0.09 * 3.5 - 0.01 / 3  # S: each prompt's variance; V: Var(means) - S / k
+    assert report.main([str(store), "--png", str(tmp_path / "r.png")]) == 0
+    out = capsys.readouterr().out
+    assert "will it help? prompts explain 97% of this reward's variance; r - b should spread 0.20x as much as r" in out
+    assert "leave-one-out on the store" in out
+    assert report.main([str(store), "--json", "--png", str(tmp_path / "r.png")]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    d = figures["diagnosis"]
+    assert d["within"] == pytest.approx(within) and d["between"] == pytest.approx(between)
+    assert d["icc"] == pytest.approx(between / (between + within))
+    assert d["predicted_ratio"] == pytest.approx((within * (1 + 1 / 3) / (between + within)) ** 0.5)
+    assert figures["prompts"] == 6 and figures["k"] == 3 and figures["png"] == str(tmp_path / "r.png")
+
+
+def test_inspect_of_a_store_it_cannot_decompose_says_why(tmp_path, capsys):
+    with StoreWriter(tmp_path / "one", 1, {**FINGERPRINT, "k": 1}) as w:
+        w.append(prompt_keys(["a", "b"]), ["a", "b"], np.array([[0.1], [0.5]]))
+    assert report.main([str(tmp_path / "one"), "--png", str(tmp_path / "r.png")]) == 0
+    assert "will it help? This store holds k = 1 baseline reward per prompt" in capsys.readouterr().out
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
