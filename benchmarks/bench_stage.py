@@ -15,13 +15,13 @@ enough prompts to take at least --min_run_s seconds (the prompt count is calibra
 
 Reward model beside reward function (vllm): OpenRLHF's RewardModelActor group (a tiny reward model built from a
 config) scores the stage's baselines instead of the reward-function file, on the same engine and prompts, the
-two stages alternating. The group needs the TEST/EXPERIMENT-ONLY CPU device choice of cpu_training/ (in its Ray
+two stages alternating. The group needs the TEST/EXPERIMENT-ONLY CPU device choice of lab/cpu_training/ (in its Ray
 workers, the engine's included), so both sides of this comparison run in a second Ray session that has it.
 
 Then the stage runs again on a complete store: generations (target 0) and wall time; and
 `ContrastiveReward.setup` on a trainer holding the same engine and dataset (the in-job rerun path).
 
-    PYTHONPATH=tests/support .venv/bin/python benchmarks/bench_stage.py [--smoke]
+    PYTHONPATH=tests/support .venv/bin/python -m benchmarks.bench_stage [--smoke]
 """
 
 import argparse
@@ -29,14 +29,13 @@ import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).parent))
-from results import record  # noqa: E402
+from benchmarks.results import record
+from lab.harness import CPU_TRAINING
 
 REPO = Path(__file__).resolve().parents[1]
 REWARD_FILE = "import torch\ndef reward_func(queries, prompts, labels):\n    return {'rewards': torch.tensor([len(q) / 100.0 for q in queries])}\n"
@@ -185,7 +184,7 @@ def bench_vllm(tmp, policy, opts):
 
 def bench_reward_model(tmp, policy, rm, opts):
     """The stage with OpenRLHF's RewardModelActor group against the stage with the reward-function file, on one
-    engine, alternating; both under cpu_training/'s device choice (the group needs it)."""
+    engine, alternating; both under lab/cpu_training/'s device choice (the group needs it)."""
     import ray
 
     from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
@@ -199,7 +198,7 @@ def bench_reward_model(tmp, policy, rm, opts):
     fn_args = parse_args(stage_flags(tmp, policy, ["--reward.remote_url", str(tmp / "reward.py")], tmp / "s", opts))
     rm_args = parse_args(stage_flags(tmp, policy, ["--reward.model_name_or_path", str(rm), "--reward.num_gpus_per_node",
                                                    "1", "--ds.zero_stage", "0"], tmp / "s", opts))
-    pythonpath = os.pathsep.join([str(REPO / "cpu_training"), os.environ.get("PYTHONPATH", "")])
+    pythonpath = os.pathsep.join([str(CPU_TRAINING), os.environ.get("PYTHONPATH", "")])
     vllm_session({"PYTHONPATH": pythonpath}, gpus=2)
     try:
         engines = engine(policy, tmp / "reward.py")

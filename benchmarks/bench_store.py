@@ -3,7 +3,7 @@
 The load runs in a fresh subprocess, so its peak resident memory (ru_maxrss) is measured against the same
 subprocess's footprint just before `BaselineStore.load`. "Beyond the raw rewards" subtracts N * k * 8 bytes.
 
-    .venv/bin/python benchmarks/bench_store.py [--smoke]
+    .venv/bin/python -m benchmarks.bench_store [--smoke]
 """
 
 import argparse
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from results import record  # noqa: E402
+from benchmarks.results import record
 
 from openrlhf_contrastive.store import StoreWriter, prompt_keys  # noqa: E402
 

@@ -7,24 +7,21 @@ recorded figure is the direct one: the median time of the plugin's transform cal
 patch adds) as a fraction of the median compute_advantages_and_returns time without the plugin. The
 side-by-side difference is printed too.
 
-    PYTHONPATH=tests/support .venv/bin/python benchmarks/bench_transform.py [--smoke]
+    PYTHONPATH=tests/support .venv/bin/python -m benchmarks.bench_transform [--smoke]
 """
 
 import argparse
 import copy
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "cpu_training")]
-from openrlhf_cli import parse_train_args  # noqa: E402
-from results import record  # noqa: E402
+from benchmarks.results import record
+from lab.cpu_training.openrlhf_cli import parse_train_args
 
 from openrlhf_contrastive.fingerprint import training_fingerprint  # noqa: E402
 from openrlhf_contrastive.store import StoreWriter, prompt_keys  # noqa: E402

@@ -1,6 +1,6 @@
 """Analysis of the evidence experiment: results.json and evidence.png from whatever runs are finished.
 
-    python benchmarks/evidence/analyze.py [--work .cache/evidence/full] [--results benchmarks/evidence] [--smoke]
+    python -m benchmarks.evidence.run --analyze-only [--out .cache/evidence/full] [--results benchmarks/evidence] [--smoke]
 
 Per arm (over seeds: mean and 95% t-interval): held-out gold reward of the final policy, its gold win rate
 against the SFT policy's samples, held-out proxy; from the per-step training logs: final gold and proxy (mean of
@@ -11,57 +11,28 @@ same prompt order). Runs that are not finished are left out (their count is in `
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-
-# two-sided 95% Student-t quantiles by degrees of freedom
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-TAG_GOLD, TAG_PROXY, TAG_KL = "train/gold", "train/reward", "train/kl"
-TAG_CRITIC = "train/critic_loss"
+from lab.stats import TAG_CRITIC, TAG_GOLD, TAG_KL, TAG_PROXY, ci, last_mean, load_runs, peak_smoothed, series, smooth
 
 
-def ci(values: list[float]) -> dict:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return {"mean": None, "ci95": None, "n": 0, "values": []}
-    m = statistics.mean(values)
-    if len(values) < 2:
-        return {"mean": m, "ci95": None, "n": len(values), "values": values}
-    half = _T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return {"mean": m, "ci95": [m - half, m + half], "n": len(values), "values": values}
-
-
-def series(run: dict, tag: str) -> list[tuple[int, float]]:
-    return sorted((int(k), v) for k, v in run["scalars"].get(tag, {}).items())
-
-
-def last_mean(run: dict, tag: str, n: int = 8) -> float | None:
-    s = series(run, tag)
-    return statistics.mean(v for _, v in s[-n:]) if s else None
-
-
-def peak_smoothed(run: dict, tag: str, w: int = 8) -> float | None:
-    vals = [v for _, v in series(run, tag)]
-    if not vals:
-        return None
-    w = min(w, len(vals))
-    return max(statistics.mean(vals[i:i + w]) for i in range(len(vals) - w + 1))
-
-
-def load_runs(work: Path) -> dict:
-    runs: dict = {}
-    for path in sorted((work / "runs").glob("*/seed*/result.json")):
-        r = json.loads(path.read_text())
-        runs.setdefault(r["arm"], {})[r["seed"]] = r
-    return runs
+def settings(cfg: dict, smoke: bool) -> dict:
+    """The effective settings: config.json, with the smoke overrides in --smoke mode."""
+    s = {
+        "arms": list(cfg["arms"]),
+        "seeds": list(cfg["ppo"]["seeds"]),
+        "num_episodes": cfg["ppo"]["num_episodes"],
+        "n_train": cfg["task"]["n_train_prompts"],
+        "n_heldout": cfg["task"]["n_heldout_prompts"],
+    }
+    if smoke:
+        sm = cfg["smoke"]
+        s.update(arms=sm["arms"], seeds=sm["seeds"], num_episodes=sm["num_episodes"], n_train=sm["n_train_prompts"],
+                 n_heldout=sm["n_heldout_prompts"])
+    return s
 
 
 def summarize(work: Path, cfg: dict, s: dict) -> dict:
@@ -134,15 +105,6 @@ def summarize(work: Path, cfg: dict, s: dict) -> dict:
                         + (store or {}).get("seconds", 0),
         "config": cfg,
     }
-
-
-def smooth(y, w: int):
-    import numpy as np
-
-    w = max(1, min(w, y.shape[-1]))
-    kernel = np.ones(w) / w
-    pad = np.concatenate([np.repeat(y[..., :1], w - 1, axis=-1), y], axis=-1)  # trailing mean, same length
-    return np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="valid"), -1, pad)
 
 
 def plot(work: Path, png: Path, s: dict, summary: dict, window: int = 8) -> None:
@@ -250,27 +212,3 @@ def analyze(work: Path, results_dir: Path, cfg: dict, s: dict) -> dict:
         print(f"[analyze] plot failed: {exc!r}", file=sys.stderr)
     return summary
 
-
-def main() -> None:
-    sys.path.insert(0, str(HERE))
-    import run as runner
-    import testbed
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--results", type=Path, default=None)
-    ap.add_argument("--config", type=Path, default=testbed.CONFIG_PATH)
-    args = ap.parse_args()
-    cfg = testbed.load_config(args.config)
-    s = runner.settings(cfg, args.smoke)
-    work = (args.work or REPO / ".cache" / "evidence" / ("smoke" if args.smoke else "full")).resolve()
-    results = (args.results or (work if args.smoke else HERE)).resolve()
-    summary = analyze(work, results, cfg, s)
-    print(table(summary))
-    print(f"{summary['runs_done']}/{summary['runs_planned']} runs; wrote {results / 'results.json'}, "
-          f"{results / 'evidence.png'}")
-
-
-if __name__ == "__main__":
-    main()

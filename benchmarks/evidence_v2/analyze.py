@@ -1,6 +1,6 @@
 """Analysis of evidence v2: results.json, results_table.md, claims_table.md, evidence_v2.png from the finished runs.
 
-    python benchmarks/evidence_v2/analyze.py [--work DIR] [--results DIR] [--smoke]
+    python -m benchmarks.evidence_v2.run --analyze-only [--out WORK] [--results DIR] [--smoke]
 
 Per arm (over seeds: mean and 95% t-interval): held-out gold and gold win rate against the SFT samples at the end,
 the paired difference to `raw` (same seeds), the fraction of the oracle's gold gain recovered (per seed, against
@@ -11,24 +11,14 @@ finished are left out (their count is in `runs_done`).
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import statistics
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-V1 = HERE.parent / "evidence"
-sys.path.insert(0, str(V1))
-sys.path.insert(0, str(HERE))
-import reward_models  # noqa: E402
-import testbed  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("evidence_v1_analyze", V1 / "analyze.py")
-v1 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(v1)
-ci, last_mean, series, load_runs = v1.ci, v1.last_mean, v1.series, v1.load_runs
+from lab import reward_models, testbed
+from lab.experiment import RESTORED
+from lab.stats import TAG_CRITIC, TAG_KL, TAG_PROXY, ci, last_mean, load_runs, series, smooth
 
 TAG_BEAT = "train/contrastive/beat_baseline"
 TAG_ROLLOUT_LEN = "train/rollout/response_length_mean"  # tokens per rollout response, EOS included
@@ -38,7 +28,7 @@ NOISY_ARMS = ("raw", "cr_mean", "reinforce_cr", "rloo4", "rloo2")  # compared wi
 
 def kl_at(run: dict, step: int, window: int = 8) -> float | None:
     """train/kl (per step, noisy) as the mean over the `window` steps up to `step`."""
-    kl = [v for k, v in series(run, v1.TAG_KL) if step - window < k <= step]
+    kl = [v for k, v in series(run, TAG_KL) if step - window < k <= step]
     return statistics.mean(kl) if kl else None
 
 
@@ -64,9 +54,6 @@ def store_means(work: Path, rm: str, words: list[str]) -> list[float] | None:
     store = BaselineStore.load(path)
     rewards, hit = store.lookup(prompt_keys([testbed.prompt_text(w) for w in words]))
     return [float(r.mean()) if h else None for r, h in zip(rewards, hit)]
-
-
-RESTORED = "restored_from_archive"  # marks a run directory whose result.json came from the archive (run.py)
 
 
 def baseline_rm(cfg: dict, arm: str) -> str:
@@ -187,8 +174,8 @@ def claims(work: Path, cfg: dict, runs: dict, sets: dict) -> dict:
             spreads = [advantage_input(cfg, r, p, baselines) for p in points]
             if spreads and None not in spreads:
                 m["advantage_input_spread"][seed] = statistics.mean(statistics.stdev(v) for v in spreads)
-            if series(r, v1.TAG_CRITIC):
-                m["critic_loss_mean"][seed] = statistics.mean(v for _, v in series(r, v1.TAG_CRITIC))
+            if series(r, TAG_CRITIC):
+                m["critic_loss_mean"][seed] = statistics.mean(v for _, v in series(r, TAG_CRITIC))
     out["per_arm"] = {arm: {name: ci([v[k] for k in sorted(v)]) for name, v in m.items()} for arm, m in per_seed.items()}
     for arm in ("cr_mean", "reinforce_cr"):
         out[f"vs_raw_{arm}"] = {}
@@ -219,9 +206,9 @@ def summarize(work: Path, cfg: dict, s: dict, checked: dict | None = None) -> di
             "along": {k: {"heldout_gold": ci([r["along"][k]["heldout"]["gold"] for r in rs if k in r["along"]]),
                           "kl": ci([kl_at(r, int(k)) for r in rs if k in r["along"]])}
                       for k in steps},
-            "kl_final": ci([last_mean(r, v1.TAG_KL) for r in rs]),
-            "critic_loss_final": ci([last_mean(r, v1.TAG_CRITIC) for r in rs if series(r, v1.TAG_CRITIC)]),
-            "train_reward_final": ci([last_mean(r, v1.TAG_PROXY) for r in rs]),
+            "kl_final": ci([last_mean(r, TAG_KL) for r in rs]),
+            "critic_loss_final": ci([last_mean(r, TAG_CRITIC) for r in rs if series(r, TAG_CRITIC)]),
+            "train_reward_final": ci([last_mean(r, TAG_PROXY) for r in rs]),
             "wall_s": ci([r["wall_s"] for r in rs]),
             "eval_s": ci([r["eval_s"] for r in rs]),
             "steps": [r["steps"] for r in rs],
@@ -406,6 +393,7 @@ def plot(work: Path, png: Path, s: dict, summary: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     runs = load_runs(work)
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
@@ -429,10 +417,10 @@ def plot(work: Path, png: Path, s: dict, summary: dict) -> None:
             pts = [p for p in pts if p[0] is not None]
             axes[1].plot([0] + [p[0] for p in pts], [sft] + [p[1] for p in pts], color=colors[arm], alpha=0.5,
                          marker="o", ms=2, label=label if r is rs[0] else None)
-        crit = [dict(series(r, v1.TAG_CRITIC)) for r in rs]
+        crit = [dict(series(r, TAG_CRITIC)) for r in rs]
         if crit and crit[0]:
             ks = sorted(set.intersection(*(set(c) for c in crit)))
-            y = v1.smooth(__import__("numpy").array([[c[k] for k in ks] for c in crit]), 8).mean(0)
+            y = smooth(np.array([[c[k] for k in ks] for c in crit]), 8).mean(0)
             axes[2].plot(ks, y, color=colors[arm], label=label)
     axes[0].set(xlabel="PPO step", ylabel="held-out gold (checkpoint samples)",
                 title="gold along training (mean over seeds, band min-max)")
@@ -468,28 +456,3 @@ def analyze(work: Path, results_dir: Path, cfg: dict, s: dict, archive: Path | N
         print(f"[analyze] plot failed: {exc!r}", file=sys.stderr)
     return summary
 
-
-def main() -> None:
-    import run as runner
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--results", type=Path, default=None)
-    ap.add_argument("--config", type=Path, default=runner.CONFIG_PATH)
-    ap.add_argument("--arms", nargs="*", default=None)
-    ap.add_argument("--seeds", nargs="*", type=int, default=None)
-    args = ap.parse_args()
-    cfg = testbed.load_config(args.config)
-    s = runner.settings(cfg, args.smoke, args.arms, args.seeds)
-    work = (args.work or runner.REPO / ".cache" / "evidence_v2" / ("smoke" if args.smoke else "full")).resolve()
-    results = (args.results or (work if args.smoke else HERE)).resolve()
-    summary = analyze(work, results, cfg, s)
-    print(table(summary))
-    print(claims_table(summary))
-    print(rm_table(summary))
-    print(f"{summary['runs_done']}/{summary['runs_planned']} runs; wrote {results / 'results.json'}")
-
-
-if __name__ == "__main__":
-    main()

@@ -14,7 +14,7 @@ For every checkpoint of a finished run (run.py deletes them once evaluated unles
 - held-out gold and gold win rate against the SFT samples, sampled as run.py samples (``min0``, with run.py's
   seeds, so it must reproduce the run's recorded number) and as OpenRLHF's rollouts sample (``min1``).
 
-    python benchmarks/evidence_v2/eos_check.py --work WORK [--out FILE]   # default FILE: WORK/eos_check.json
+    python -m benchmarks.evidence_v2.eos_check --work WORK [--out FILE]   # default FILE: WORK/eos_check.json
 
 WORK is run.py's work directory: runs/ARM/seedN/result.json and runs/ARM/seedN/ckpt/ (checkpoints/global_step<S>_hf
 and, in ckpt/ itself, the end), and sft_heldout.json (the SFT reference samples of the held-out prompts).
@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
+from lab import testbed
+from lab.experiment import sample_scored
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "evidence"))
-sys.path.insert(0, str(HERE))  # run.py here, not v1's run.py
-import testbed  # noqa: E402
 
 
 def p_eos_first(model_dir: Path, words: list[str]) -> float:
@@ -48,10 +47,10 @@ def p_eos_first(model_dir: Path, words: list[str]) -> float:
 
 
 def heldout_gold(cfg: dict, model_dir: Path, sft: dict, seed: int, min_new_tokens: int) -> dict:
-    """run.py's held-out evaluation (run.sample_scored), with the first-position EOS mask off (0) or on (1)."""
-    from run import sample_scored
-
-    responses, scored = sample_scored(cfg, model_dir, "heldout", sft, seed, min_new_tokens)
+    """run.py's held-out evaluation (lab.experiment.sample_scored), with the first-position EOS mask off (0) or on
+    (1)."""
+    n = cfg["eval"]["samples_per_prompt"]["heldout"]
+    responses, scored = sample_scored(cfg, model_dir, sft, n, seed, min_new_tokens)
     scored.pop("gold_per_prompt")
     return scored | {"empty": statistics.mean(y == "" for ys in responses for y in ys)}
 

@@ -11,12 +11,11 @@ Top to bottom:
     4. rollouts  fresh samples from the same engine (other seeds), scored by the same reward: r
     5. contrast  the plugin's own ContrastiveReward.transform turns r into r - b, as in a PPO step
     6. report    a summary table, rollouts.jsonl, summary.json and report.png (openrlhf_contrastive.report)
-    7. training  with --repo CLONE (`make demo`): PPO through the real train_ppo_ray with and without --reward_fn
-                 contrastive, and `openrlhf-contrastive evaluate` of both policies against the SFT start; their curves
-                 and win rates join report.png (openrlhf_contrastive/demo/train.py). Training uses the evidence
-                 testbed's tiny policy and noisy proxy reward (SmolLM2 PPO needs ~11 GiB per run and minutes per step
-                 on CPU); its store is written by the contrastive run's in-job stage. The trainer runs on CPU only
-                 through the clone's test-and-demo-only cpu_training/, which is not installed with the package.
+
+In a clone, `make demo` (`python -m lab.demo`) goes on to train: PPO through the real train_ppo_ray with and without
+--reward_fn contrastive, both policies evaluated against the SFT start, their curves and win rates added to
+report.png by `write_report`. That part runs OpenRLHF's trainer on CPU through the clone's test-and-demo-only device
+choice (lab/cpu_training/), which is never installed with the package.
 
 Nothing but the PyPI package is downloaded; no model hub is contacted.
 """
@@ -29,13 +28,13 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from openrlhf_contrastive import report
 from openrlhf_contrastive.backends import DriverStrategy
 from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
 from openrlhf_contrastive.checks import check_chat_template_date
-from openrlhf_contrastive.demo import train
 from openrlhf_contrastive.demo.model import demo_policy, tiny
 from openrlhf_contrastive.flags import METRIC_BASELINE, METRIC_BEAT_BASELINE, METRIC_HIT, METRIC_RAW_REWARD, METRIC_REWARD
 from openrlhf_contrastive.plugin import ContrastiveReward
@@ -44,8 +43,6 @@ from openrlhf_contrastive.store import BaselineStore, StoreError, prompt_keys
 
 PROMPTS = Path(__file__).parent / "data" / "prompts.jsonl"
 REWARD_FILE = Path(__file__).parent / "reward.py"
-# The training part's prompts: words of the evidence testbed's training set (1024 words).
-TRAIN_PROMPTS, TRAIN_PROMPTS_MAX = 128, 1024
 # Prompts per chunk of the stage and of the rollouts: the progress bar moves every few seconds, and the requests in
 # flight (the stage keeps two chunks of 8 x k) stay few enough for one CPU engine's batch.
 CHUNK_PROMPTS = 8
@@ -70,16 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts of the embedded set")
     parser.add_argument("--tiny", action="store_true", help="skip SmolLM2 and use the tiny random model (fast, meaningless text)")
     parser.add_argument("--cpus", type=int, default=None, help="CPUs for the local Ray cluster (default: all)")
-    parser.add_argument(
-        "--repo", default=None, metavar="CLONE",
-        help="a clone of openrlhf-contrastive: the demo then trains with PPO on the store (train_ppo_ray with and without "
-        "--reward_fn contrastive, on CPU through CLONE/cpu_training, test-and-demo-only) and evaluates both policies. "
-        "`make demo` passes --repo .; without it the demo stops after the stage's report",
-    )
-    parser.add_argument("--train-prompts", type=int, default=TRAIN_PROMPTS,
-                        help="training prompts (words of the evidence testbed) of the training part")
-    parser.add_argument("--train-prompts-per-step", type=int, default=16, help="prompts (one rollout each) per PPO step")
-    parser.add_argument("--train-episodes", type=int, default=1, help="passes over the prompts in training")
     return parser
 
 
@@ -146,48 +133,48 @@ def summarise(store, baseline, raw, value, beat, hit, keys) -> str:
     return table(fmt, ("", "n", "mean", "std", "std of prompt means", "beat baseline", "hit"))
 
 
-def run(opts, launch_py: Path | None = None) -> dict:
-    import numpy as np
-    import ray
+@dataclass
+class StageDemo:
+    """What the demo's stage part leaves for its report (and for a clone's training part, `python -m lab.demo`)."""
 
-    from openrlhf.utils.utils import get_tokenizer
+    out: Path
+    cache: Path
+    policy_name: str
+    store: BaselineStore
+    scored: report.ScoredRollouts
+    summary: dict
+    start: float
 
-    start = time.time()
-    out = Path(opts.out).resolve()  # absolute: the training runs work in their own directories
-    out.mkdir(parents=True, exist_ok=True)
-    cache = Path(opts.cache).resolve() if opts.cache else default_cache()
-    cache.mkdir(parents=True, exist_ok=True)
 
-    # 1. policy
+def prepare_policy(opts, cache: Path) -> tuple[Path, str]:
+    """1. SmolLM2-135M-Instruct (converted once, cached), or the tiny random model with --tiny."""
     if opts.tiny:
         policy, policy_name = tiny(cache), "tiny random Llama (openrlhf_contrastive.demo.tiny; --tiny)"
     else:
         policy, policy_name = demo_policy(cache)
     print(f"demo: policy {policy_name} at {policy}", flush=True)
-    store_path = out / "baselines"
-    flags = stage_flags(policy, store_path, opts)
-    args = parse_args(flags)
-    tokenizer = get_tokenizer(str(policy), None, "left", None)
-    check_chat_template_date(args, tokenizer)
-    prompts, labels = build_prompts(args, tokenizer, DriverStrategy(args))
+    return policy, policy_name
 
-    # 2. cluster and engine (OpenRLHF's create_vllm_engines, reward-function file in the rollout actor)
+
+def sample_baselines_and_rollouts(args, opts, prompts: list[str], labels: list[str]) -> tuple[list, dict, float]:
+    """2-4. A local Ray cluster and OpenRLHF's vLLM engine; the offline stage writes the store (a rerun with the same
+    settings finds every prompt stored and samples nothing); fresh rollouts from the same engine. (rollouts, the
+    stage's summary, rollout seconds)."""
+    import ray
+
     start_ray(opts.cpus)
     backend = OpenRLHFBackend.from_args(args)
     try:
-        # 3. offline baselines (a rerun with the same settings finds them all stored and samples nothing)
         try:
             stage = run_stage(args, backend, prompts, labels)
         except StoreError as e:
             raise SystemExit(
-                f"{e}\n\nopenrlhf-contrastive demo: {store_path} holds baselines of an earlier demo run with other "
-                f"settings (another policy, --k, --max-new-tokens or --temperature). Delete {store_path} or pass "
+                f"{e}\n\nopenrlhf-contrastive demo: {args.contrastive.baseline_path} holds baselines of an earlier demo "
+                "run with other settings (another policy, --k, --max-new-tokens or --temperature). Delete it or pass "
                 "another --out."
             ) from None
-        store = BaselineStore.load(store_path)
-
-        # 4. fresh rollouts from the same engine, same sampling settings (other seeds than the baselines' where the
-        #    backend seeds requests, i.e. on GPU engines; unseeded on vLLM CPU)
+        # the same sampling settings, other seeds than the baselines' where the backend seeds requests (GPU engines;
+        # unseeded on vLLM CPU)
         rollout_args = copy.deepcopy(args)
         rollout_args.train.seed = args.train.seed + 1
         sampler = copy.copy(backend)  # the same engines, tokenizer and samples generator
@@ -198,102 +185,102 @@ def run(opts, launch_py: Path | None = None) -> dict:
         for first in range(0, len(prompts), CHUNK_PROMPTS):
             chunk = slice(first, first + CHUNK_PROMPTS)
             experiences += sampler.sample(prompts[chunk], labels[chunk], keys[chunk].tolist(), opts.rollouts, first)
-        rollout_seconds = time.time() - t0
+        return experiences, stage, time.time() - t0
     finally:
         backend.close()
         ray.shutdown()
 
-    # 5. r -> r - b with the plugin's own transform (fp32 rewards of shape (1,), as compute_advantages_and_returns has them)
+
+def contrast(experiences: list, args, tokenizer) -> tuple[list[dict], dict]:
+    """5. r -> r - b with the plugin's own transform (fp32 rewards of shape (1,), as compute_advantages_and_returns
+    has them); one row per rollout and the plugin's per-rollout metrics."""
+    import numpy as np
+
     for e in experiences:
         e.rewards = e.rewards.float().flatten()
     ContrastiveReward().transform(experiences, args)
-    info = lambda name: np.array([float(e.info[name][0]) for e in experiences])
-    baseline, raw, value, beat, hit = (info(n) for n in (METRIC_BASELINE, METRIC_RAW_REWARD, METRIC_REWARD, METRIC_BEAT_BASELINE, METRIC_HIT))
-
-    # 6. report (report.png is written again after step 7, with the training panels)
+    metrics = {name: np.array([float(e.info[name][0]) for e in experiences])
+               for name in (METRIC_BASELINE, METRIC_RAW_REWARD, METRIC_REWARD, METRIC_BEAT_BASELINE, METRIC_HIT)}
     rows = []
-    for e, b, r, v in zip(experiences, baseline, raw, value):
+    for e, b, r, v in zip(experiences, metrics[METRIC_BASELINE], metrics[METRIC_RAW_REWARD], metrics[METRIC_REWARD]):
         text = tokenizer.decode(e.sequences[0][e.action_mask[0].nonzero().min() + 1 :], skip_special_tokens=True)
         rows.append({"prompt": e.prompts[0], "label": e.labels[0], "reward": r, "baseline": b, "contrastive": v, "response": text})
-    with open(out / "rollouts.jsonl", "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    scored = report.match_rollouts(store, rows)
-    png = report.plot(store, out / "report.png", scored,
-                      title=f"contrastive-reward demo: {policy_name.split(' (')[0]}, {len(store)} prompts, k = {store.k}")
-    rollout_keys = np.repeat(keys, opts.rollouts)
-    summary = {
-        "policy": policy_name,
-        "prompts": len(store),
-        "k": store.k,
-        "rollouts": len(rows),
-        "stage_seconds": stage["seconds"],
-        "rollout_seconds": rollout_seconds,
-        "seconds": time.time() - start,
-        "raw_reward_mean": raw.mean(),
-        "contrastive_reward_mean": value.mean(),
-        "beat_baseline": beat.mean(),
-        "hit": hit.mean(),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return rows, metrics
 
+
+def print_summary(demo: StageDemo, rows: list[dict], metrics: dict, keys, prompts: list[str]) -> None:
+    """6. The store's description, the table of r and r - b, examples from the lowest to the highest r - b."""
     print()
-    print(report.describe(store, scored))
+    print(report.describe(demo.store, demo.scored))
     print()
-    print(summarise(store, baseline, raw, value, beat, hit, rollout_keys))
+    print(summarise(demo.store, *(metrics[n] for n in (METRIC_BASELINE, METRIC_RAW_REWARD, METRIC_REWARD,
+                                                       METRIC_BEAT_BASELINE, METRIC_HIT)), keys))
     print()
     questions = dict(zip(prompts, (json.loads(line)["input"][-1]["content"] for line in PROMPTS.read_text().splitlines())))
     print("examples, from the lowest to the highest r - b:")
     for row in sorted(rows, key=lambda r: r["contrastive"])[:: max(1, len(rows) // 5)][:6]:
         print(f"  r {row['reward']:+.2f}  b {row['baseline']:+.2f}  r-b {row['contrastive']:+.2f}  "
               f"{questions[row['prompt']][:45]!r} -> {row['response'][:70]!r}")
-    print(f"\ndemo: {len(store)} prompts x k={store.k} baselines in {stage['seconds']:.0f} s, {len(rows)} rollouts in "
-          f"{rollout_seconds:.0f} s, total {summary['seconds']:.0f} s. Outputs in {out}/: baselines/ (the store), "
-          f"rollouts.jsonl, summary.json, {png.name}")
-    if launch_py is None:
-        print("demo: stage only. `make demo` (or --repo CLONE) goes on to train with PPO on this store, with and without "
-              "the contrastive reward, and evaluates both policies against the SFT start.")
-        return summary
 
-    # 7. training (the evidence testbed's policy, its own store): PPO with and without the contrastive reward, evaluated
-    training = train.train_and_evaluate(launch_py, cache, out / "training", opts.train_prompts,
-                                        opts.train_prompts_per_step, opts.train_episodes)
-    png = report.plot(store, out / "report.png", scored, training=training, training_policy="testbed policy",
-                      title=f"contrastive-reward demo: {policy_name.split(' (')[0]}, {len(store)} prompts, k = {store.k}; "
-                            f"training on the evidence testbed, {len(training[0].steps)} PPO steps")
-    summary["training"] = [vars(run) for run in training]
-    summary["seconds"] = time.time() - start
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    print(f"demo: total {summary['seconds']:.0f} s. Report with the training curves and win rates: {png}")
-    return summary
+
+def write_report(demo: StageDemo, training: list | None = None) -> Path:
+    """report.png and summary.json; with `training` (a clone's training part), its curves and win rates too."""
+    title = f"contrastive-reward demo: {demo.policy_name.split(' (')[0]}, {len(demo.store)} prompts, k = {demo.store.k}"
+    if training:
+        title += f"; training on the evidence testbed, {len(training[0].steps)} PPO steps"
+        demo.summary["training"] = [vars(run) for run in training]
+    png = report.plot(demo.store, demo.out / "report.png", demo.scored, training=training,
+                      training_policy="testbed policy" if training else "", title=title)
+    demo.summary["seconds"] = time.time() - demo.start
+    (demo.out / "summary.json").write_text(json.dumps(demo.summary, indent=2, default=float))
+    if training:
+        print(f"demo: total {demo.summary['seconds']:.0f} s. Report with the training curves and win rates: {png}")
+    return png
+
+
+def run(opts) -> StageDemo:
+    """Steps 1-6 of the module docstring."""
+    import numpy as np
+
+    from openrlhf.utils.utils import get_tokenizer
+
+    start = time.time()
+    out = Path(opts.out).resolve()  # absolute: a clone's training runs work in their own directories
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(opts.cache).resolve() if opts.cache else default_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    policy, policy_name = prepare_policy(opts, cache)
+    args = parse_args(stage_flags(policy, out / "baselines", opts))
+    tokenizer = get_tokenizer(str(policy), None, "left", None)
+    check_chat_template_date(args, tokenizer)
+    prompts, labels = build_prompts(args, tokenizer, DriverStrategy(args))
+    experiences, stage, rollout_seconds = sample_baselines_and_rollouts(args, opts, prompts, labels)
+    rows, metrics = contrast(experiences, args, tokenizer)
+    with open(out / "rollouts.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    store = BaselineStore.load(out / "baselines")
+    summary = {"policy": policy_name, "prompts": len(store), "k": store.k, "rollouts": len(rows),
+               "stage_seconds": stage["seconds"], "rollout_seconds": rollout_seconds,
+               "raw_reward_mean": metrics[METRIC_RAW_REWARD].mean(), "contrastive_reward_mean": metrics[METRIC_REWARD].mean(),
+               "beat_baseline": metrics[METRIC_BEAT_BASELINE].mean(), "hit": metrics[METRIC_HIT].mean()}
+    demo = StageDemo(out, cache, policy_name, store, report.match_rollouts(store, rows), summary, start)
+    png = write_report(demo)
+    print_summary(demo, rows, metrics, np.repeat(prompt_keys(prompts, labels), opts.rollouts), prompts)
+    print(f"\ndemo: {len(store)} prompts x k={store.k} baselines in {stage['seconds']:.0f} s, {len(rows)} rollouts in "
+          f"{rollout_seconds:.0f} s, total {time.time() - start:.0f} s. Outputs in {out}/: baselines/ (the store), "
+          f"rollouts.jsonl, summary.json, {png.name}")
+    return demo
+
+
+def check_options(opts) -> None:
+    if opts.k < 1 or opts.rollouts < 1:
+        raise SystemExit(f"--k and --rollouts must be at least 1 (got {opts.k}, {opts.rollouts}).")
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if opts.k < 1 or opts.rollouts < 1:
-        raise SystemExit(f"--k and --rollouts must be at least 1 (got {opts.k}, {opts.rollouts}).")
-    launch_py = None
-    if opts.repo:  # everything the training part needs is checked before the stage spends any time
-        launch_py = train.check_clone(Path(opts.repo))
-        prompts = opts.train_prompts
-        if not 1 <= prompts <= TRAIN_PROMPTS_MAX or not 1 <= opts.train_prompts_per_step <= prompts or opts.train_episodes < 1:
-            raise SystemExit(
-                f"--train-prompts {prompts}, --train-prompts-per-step {opts.train_prompts_per_step} and --train-episodes "
-                f"{opts.train_episodes}: training takes 1 to {TRAIN_PROMPTS_MAX} testbed prompts, a PPO step between 1 "
-                "and all of them, and at least one pass over them. Fix: pick values in those ranges."
-            )
-        check_patched()
-    run(opts, launch_py)
+    check_options(opts)
+    run(opts)
+    print("demo: stage only. In a clone, `make demo` goes on to train with PPO on such a store, with and without the "
+          "contrastive reward, and evaluates both policies against the SFT start.")
     return 0
-
-
-def check_patched() -> None:
-    """train_ppo_ray knows --reward_fn only in a patched openrlhf: say so before the stage runs, not after."""
-    from openrlhf_contrastive import patching
-
-    if patching.plan().state != "patched":
-        raise SystemExit(
-            "openrlhf-contrastive demo: the openrlhf of this Python environment is not patched, so train_ppo_ray has no "
-            "--reward_fn and the training part would stop at its first run. Fix: `openrlhf-contrastive patch` (`make "
-            "demo` does it), or leave --repo out for the stage-only demo."
-        )

@@ -1,22 +1,20 @@
-"""The evidence experiment's smoke mode (benchmarks/evidence/run.py --smoke) runs its whole pipeline.
+"""The evidence experiment's smoke mode (python -m benchmarks.evidence.run --smoke) runs its whole pipeline.
 
 One arm (cr_mean: the contrastive reward, mean shape), one seed, one short episode through the real
-`train_ppo_ray` on CPU (cpu_training/launch.py), after the SFT policy is trained in code and the baseline store
+`train_ppo_ray` on CPU (lab/harness.py), after the SFT policy is trained in code and the baseline store
 is written by `openrlhf-contrastive sample --contrastive.backend hf`; then the held-out evaluation and the
 analysis. Checks the pipeline produced real numbers, not the outcome. About 1-2 minutes on 2 idle cores.
 """
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 from cpu_runs import run_evidence_smoke  # tests/e2e
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 
-REPO = Path(__file__).resolve().parent.parent.parent
-RUNNER = REPO / "benchmarks" / "evidence" / "run.py"
+RUNNER = "benchmarks.evidence.run"
 
 
 def test_evidence_smoke(tmp_path):

@@ -1,6 +1,6 @@
-"""Evidence v2's smoke mode (benchmarks/evidence_v2/run.py --smoke) runs its whole pipeline.
+"""Evidence v2's smoke mode (python -m benchmarks.evidence_v2.run --smoke) runs its whole pipeline.
 
-The SFT policy trained in code; a noisy-label reward model trained by OpenRLHF's train_rm on CPU (cpu_training/)
+The SFT policy trained in code; a noisy-label reward model trained by OpenRLHF's train_rm on CPU (lab/cpu_training/)
 and its accuracy against clean gold labels; one arm (cr_mean), one seed, one short episode of the real
 `train_ppo_ray` serving that RM with `--reward.model_name_or_path` (OpenRLHF's RewardModelActor group), whose
 in-job stage writes the baseline store; the checkpoints evaluated on gold; the analysis. Checks that the pipeline
@@ -13,15 +13,15 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from cpu_runs import run_evidence_smoke  # tests/e2e
 
+from lab import harness
+
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 
-REPO = Path(__file__).resolve().parent.parent.parent
-RUNNER = REPO / "benchmarks" / "evidence_v2" / "run.py"
+RUNNER = "benchmarks.evidence_v2.run"
 
 
 def test_evidence_v2_smoke(tmp_path):
@@ -47,14 +47,10 @@ def test_evidence_v2_smoke(tmp_path):
     assert run["steps"] == steps and run["wrote_store"]
     assert run["generations"]["offline"] == cfg["ppo"]["k"] * smoke["n_train_prompts"]
     # the in-job stage scored k SFT samples of every training prompt with the served RM, and PPO trained on r - b
-    sys.path.insert(0, str(REPO))
-    from openrlhf_contrastive.store import BaselineStore
+    from lab.testbed import prompt_text
+    from openrlhf_contrastive.store import BaselineStore, prompt_keys
 
     store = BaselineStore.load(work / "baselines_rm_noisy")
-    from openrlhf_contrastive.store import prompt_keys
-
-    sys.path.insert(0, str(REPO / "benchmarks" / "evidence"))
-    from testbed import prompt_text
 
     point_words = json.loads((work / "sft_train_eval.json").read_text())["words"]
     assert len(store) == smoke["n_train_prompts"] and store.k == cfg["ppo"]["k"]
@@ -88,8 +84,8 @@ def test_evidence_v2_smoke(tmp_path):
 
     # the kept checkpoints, re-evaluated by eos_check.py: run.py's held-out gold reproduced exactly with run.py's
     # sampling, and the probability of an empty response (which OpenRLHF's rollouts never sample) measured
-    proc = subprocess.run([sys.executable, str(RUNNER.parent / "eos_check.py"), "--work", str(work)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.evidence_v2.eos_check", "--work", str(work)],
+                          cwd=harness.REPO, capture_output=True, text=True, timeout=600, env=harness.run_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     checked = json.loads((work / "eos_check.json").read_text())[f"{arm}/seed1"]
     assert sorted(checked["steps"]) == sorted(run["along"])

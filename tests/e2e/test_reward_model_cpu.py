@@ -72,7 +72,7 @@ def write_pairs(path: Path) -> list[dict]:
 def reward_model(tmp_path_factory):
     from openrlhf_contrastive.demo.tiny import build_policy
 
-    from train_rm import train_reward_model  # cpu_training/ (on pytest's pythonpath)
+    from lab.harness import train_reward_model
 
     work = tmp_path_factory.mktemp("reward_model_cpu")
     base = build_policy(work / "policy")

@@ -16,8 +16,8 @@ BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
 def test_benchmark_smoke(script):
     before = (BENCHMARKS / "results.json").read_bytes() if (BENCHMARKS / "results.json").exists() else None
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--smoke"], capture_output=True, text=True, timeout=900,
-        env=dict(os.environ),
+        [sys.executable, "-m", f"benchmarks.{script[:-3]}", "--smoke"], capture_output=True, text=True, timeout=900,
+        env=dict(os.environ), cwd=BENCHMARKS.parent,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "{" in result.stdout  # the figures, printed as JSON

@@ -53,7 +53,7 @@ print("RESULT " + json.dumps(result))
 
 
 def run_layer_script(with_device_choice: bool) -> tuple[int, dict | None, str]:
-    paths = [str(REPO / "cpu_training")] if with_device_choice else []
+    paths = [str(REPO / "lab" / "cpu_training")] if with_device_choice else []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", LAYER_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)

@@ -1,11 +1,11 @@
 """`openrlhf-contrastive demo` end to end on the tiny model, in a fresh process.
 
-Stage only (no --repo): without the tests' flash_attn stand-in on the path (the stage must not need it): store,
+Stage only (`openrlhf-contrastive demo`): without the tests' flash_attn stand-in on the path (the stage must not need it): store,
 rollouts, summary and PNG.
 
-With --repo (what `make demo` runs): the stage, then, on the evidence testbed's tiny policy and noisy proxy reward,
-two real train_ppo_ray runs (with --reward_fn contrastive, whose in-job stage writes the store, and without) through
-cpu_training/ and `openrlhf-contrastive evaluate` of both policies.
+`python -m lab.demo` (what `make demo` runs): the stage, then, on the evidence testbed's tiny policy and noisy proxy
+reward, two real train_ppo_ray runs (with --reward_fn contrastive, whose in-job stage writes the store, and without)
+through the lab's CPU harness and `openrlhf-contrastive evaluate` of both policies.
 The training test took 156 s on 2 cores beside an evidence run (both training runs at once), nearly all
 of it the start-up of the two train_ppo_ray runs; each tiny PPO step takes about a second.
 """
@@ -27,10 +27,10 @@ TRAIN_PROMPTS, TRAIN_PER_STEP = 8, 4  # the training part: two PPO steps on 8 wo
 TINY = ["--tiny", "--max-prompts", str(PROMPTS), "--k", str(K), "--rollouts", "2", "--max-new-tokens", "8", "--cpus", "2"]
 
 
-def demo(tmp_path: Path, *flags: str, timeout: int) -> subprocess.CompletedProcess:
+def demo(tmp_path: Path, *flags: str, timeout: int, module: str = "openrlhf_contrastive.cli demo") -> subprocess.CompletedProcess:
     # This repository's package first (a clone's editable install is the same), and no flash_attn stand-in.
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "openrlhf_contrastive.cli", "demo", *TINY, *flags,
+    command = [sys.executable, "-m", *module.split(), *TINY, *flags,
                "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -67,8 +67,8 @@ def test_tiny_demo_runs_end_to_end_without_test_support(tmp_path):
 def test_tiny_demo_trains_with_and_without_the_store_and_evaluates_both(tmp_path):
     from openrlhf_contrastive.store import BaselineStore
 
-    run = demo(tmp_path, "--repo", str(REPO), "--train-prompts", str(TRAIN_PROMPTS), "--train-prompts-per-step",
-               str(TRAIN_PER_STEP), timeout=2400)
+    run = demo(tmp_path, "--train-prompts", str(TRAIN_PROMPTS), "--train-prompts-per-step", str(TRAIN_PER_STEP),
+               timeout=2400, module="lab.demo")
     out = tmp_path / "out" / "training"
     steps = {name: json.loads((out / name / "steps.json").read_text()) for name in ("contrastive", "raw")}
     total = TRAIN_PROMPTS // TRAIN_PER_STEP
@@ -98,7 +98,7 @@ def test_tiny_demo_trains_with_and_without_the_store_and_evaluates_both(tmp_path
     assert len(training) == 2
     for name in ("contrastive", "raw"):
         report = json.loads((out / "evaluation" / name / "evaluation.json").read_text())
-        assert report["policy"] == str(out / name / "policy")
+        assert report["policy"] == str(out / name / "ckpt")
         assert report["prompts"]["evaluated"] == TRAIN_PROMPTS and report["k"] == 4
         figures = report["rewards"][report["store_reward"]]
         lo, hi = figures["win_rate_interval"]

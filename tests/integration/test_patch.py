@@ -184,7 +184,7 @@ class Scaled:
 def parse_with_release(site, workdir):
     """The release's patched train_ppo_ray (first on PYTHONPATH) parses --reward_fn with a plugin of one flag."""
     (workdir / "scaled_plugin.py").write_text(FLAG_PLUGIN)
-    path = [str(site), str(workdir), str(REPO / "cpu_training"), os.environ.get("PYTHONPATH", "")]
+    path = [str(site), str(workdir), str(REPO / "lab" / "cpu_training"), os.environ.get("PYTHONPATH", "")]
     code = ("from openrlhf_cli import parse_train_args; "
             "parse_train_args(['--reward_fn', 'scaled_plugin:Scaled', '--scaled.scale', '3'])")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir, timeout=300,

@@ -1,12 +1,13 @@
-"""The demo's training part without training: the flags it gives train_ppo_ray, reading OpenRLHF's log lines as they
-grow, r - b of the raw run, and the refusal of a --repo that is not a clone."""
+"""The demo's training part (lab/demo.py) without training: the flags it gives train_ppo_ray, reading OpenRLHF's log
+lines as they grow, r - b of the raw run, and the refusal of training options out of range."""
 
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from openrlhf_contrastive.demo import train
+from lab import demo as train
+from lab import harness
 
 PPO = {"k": 4, "temperature": 1.0, "max_new_tokens": 16, "data_max_len": 32, "actor_lr": 1e-4, "critic_lr": 5e-4,
        "kl_init_coef": 0.02, "max_epochs": 4}
@@ -23,9 +24,9 @@ def test_train_flags_are_the_testbeds_and_evidence_v2s_ppo(tmp_path):
     assert (value("--rollout.batch_size"), value("--train.batch_size"), value("--train.num_episodes")) == ("8", "8", "2")
     assert (value("--train.max_epochs"), value("--actor.adam.lr"), value("--rollout.max_new_tokens")) == ("4", "0.0001", "16")
     assert value("--algo.advantage.estimator") == "gae"
-    assert value("--ckpt.output_dir") == str(tmp_path / "policy")
-    assert train.contrastive_flags(tmp_path, 4) == ["--reward_fn", "contrastive", "--contrastive.baseline_path",
-                                                    str(tmp_path), "--contrastive.k", "4"]
+    assert value("--ckpt.output_dir") == str(tmp_path / "ckpt") == str(train.Run("raw", tmp_path, flags).policy)
+    assert harness.contrastive_flags(tmp_path, 4) == ["--reward_fn", "contrastive", "--contrastive.baseline_path",
+                                                      str(tmp_path), "--contrastive.k", "4"]
 
 
 def test_the_log_is_read_as_it_grows_one_complete_line_at_a_time(tmp_path):
@@ -67,6 +68,7 @@ def test_raw_steps_subtract_the_contrastive_runs_baseline_of_the_same_step(tmp_p
     assert "raw         step  1/8  reward r +0.500  r - b +0.250  KL 0.00100    3.2 s" in line
 
 
-def test_a_repo_that_is_not_a_clone_is_refused_with_the_fix(tmp_path):
-    with pytest.raises(SystemExit, match="not a clone of openrlhf-contrastive.*make demo.*--repo ."):
-        train.check_clone(tmp_path)
+def test_training_options_out_of_range_are_refused_with_the_fix():
+    opts = train.build_parser().parse_args(["--train-prompts", "8", "--train-prompts-per-step", "16"])
+    with pytest.raises(SystemExit, match=r"--train-prompts 8, --train-prompts-per-step 16 .* Fix: pick values"):
+        train.check_training_options(opts)

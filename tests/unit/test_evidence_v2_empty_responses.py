@@ -1,22 +1,14 @@
 """Evidence v2's empty-response analysis (benchmarks/evidence_v2/analyze.py): which runs' evaluated responses are
 much shorter than their rollouts, and eos_check.py's numbers joined to the right run and end step."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-V2 = Path(__file__).resolve().parent.parent.parent / "benchmarks" / "evidence_v2"
 
 
 @pytest.fixture(scope="module")
 def analyze():
-    sys.path.insert(0, str(V2))
-    spec = importlib.util.spec_from_file_location("evidence_v2_analyze", V2 / "analyze.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks.evidence_v2 import analyze
+
+    return analyze
 
 
 def run(eval_chars: float, rollout_tokens: list[float]) -> dict:

@@ -8,35 +8,19 @@ when the raylet does not register within Ray's fixed 30 s (seen on an overloaded
 
 `python launch.py -m MODULE <args>` runs another module the same way, e.g. `-m openrlhf_contrastive.cli sample ...
 --contrastive.backend openrlhf --reward.model_name_or_path RM`, whose RewardModelActor group needs the device
-choice and logical GPUs just as train_ppo_ray's does.
+choice and logical GPUs just as train_ppo_ray's does. lab/harness.py builds these commands and runs them in a
+process session of their own.
 """
 
 import os
 import runpy
-import signal
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_in_own_session(command: list[str], log, timeout_s: float, **popen) -> int:
-    """Run `command` with its output in the file `log`, in its own session, and kill that whole session when it
-    ends or times out (Ray, its workers, vLLM engine cores, dataset workers: nothing of the run outlives it)."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
-        try:
-            return proc.wait(timeout=timeout_s)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))
-    sys.path.insert(0, HERE)
     import cpu_device
 
     cpu_device.install()

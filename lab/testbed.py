@@ -22,10 +22,8 @@ import hashlib
 import json
 import random
 import statistics
+import time
 from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-CONFIG_PATH = HERE / "config.json"
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}</s>{% endfor %}"
@@ -34,7 +32,8 @@ CHAT_TEMPLATE = (
 USER, ASSISTANT, EOS, PAD = "<|user|>", "<|assistant|>", "</s>", "<pad>"
 
 
-def load_config(path: Path | str = CONFIG_PATH) -> dict:
+def load_config(path: Path | str) -> dict:
+    """An experiment's config.json (task, sft, proxy, ...: benchmarks/evidence*/config.json)."""
     return json.loads(Path(path).read_text())
 
 
@@ -167,8 +166,6 @@ def build_sft_policy(out_dir: Path, cfg: dict, steps: int | None = None, log=pri
     t = cfg["task"]
     train_words, heldout = split_prompts(cfg)
     banned = set(heldout)  # SFT sees random words, never the held-out prompts
-    import time
-
     start = time.time()
     model.train()
     for step in range(steps):

@@ -1,19 +1,21 @@
-"""The demo's training part (`openrlhf-contrastive demo --repo CLONE`, what `make demo` runs): PPO with and without
-the contrastive reward, then both trained policies against the SFT start.
+"""`make demo`: the package's demo (`openrlhf-contrastive demo`: the offline stage on SmolLM2, r and r - b), then
+PPO with and without the contrastive reward on the evidence testbed, both trained policies against the SFT start.
+
+    python -m lab.demo --cache .cache/demo --out .cache/demo/output [the demo's flags] [--train-prompts N ...]
 
 The policy here is not the stage's SmolLM2: two SmolLM2 PPO runs (actor, critic, reference model, vLLM engine) need
 about 11 GiB each and minutes per step on a 2-core CPU. Training uses the evidence testbed's tiny policy instead
-(CLONE/benchmarks/evidence/testbed.py, as set up by evidence v2): a 2-layer Llama trained here in code to reverse
-words of 2-10 letters, partly competent, with a known gold reward. The reward PPO sees is v1's noisy proxy of gold
-(CLONE/benchmarks/evidence/reward_proxy.py: gold + a per-prompt offset + per-prompt noise + a length bias, a
-deterministic function of the text, as a reward model is), the kind of error a per-prompt baseline removes.
+(lab/testbed.py with evidence v2's task and SFT settings): a 2-layer Llama trained here in code to reverse words of
+2-10 letters, partly competent, with a known gold reward. The reward PPO sees is v1's noisy proxy of gold
+(lab/testbed_reward.py with v1's proxy settings: gold + a per-prompt offset + per-prompt noise + a length bias, a
+deterministic function of the text, as a reward model is), the kind of error a per-prompt baseline removes. The
+trainer runs on CPU only through the lab's TEST-AND-DEMO-ONLY device choice (lab/cpu_training/), which is why this
+part lives in the clone and not in the installed package.
 
 Top to bottom:
 
     1. testbed   the SFT policy (trained once, cached), the training prompts, the reward file and its config
-    2. launch    two real `python -m openrlhf.cli.train_ppo_ray` runs at once, through the clone's TEST-AND-DEMO-ONLY
-                 CPU device choice cpu_training/launch.py, with the flash_attn stand-in of tests/support on the path
-                 (OpenRLHF's model code imports flash_attn):
+    2. launch    two real `python -m openrlhf.cli.train_ppo_ray` runs at once (lab/harness.py):
                    contrastive  + --reward_fn contrastive --contrastive.baseline_path <training/baselines>: the
                                   plugin's in-job stage samples and scores the k baselines per prompt through the
                                   trainer's own vLLM engine and reward path (no store yet), then PPO trains on r - b
@@ -24,13 +26,16 @@ Top to bottom:
                  once: win rate P(r > r_j) against the SFT baselines with its 95% interval over prompts
 
 The raw run logs no baseline (it has no --reward_fn). Its r - b subtracts, step by step, the baseline the
-contrastive run logged for the same step: both runs draw the same prompts at every step (the same seed; cpu_training
-also seeds the trainer's prompt shuffle), which `check_runs` checks on the prompt of the rollout OpenRLHF logs per step.
+contrastive run logged for the same step: both runs draw the same prompts at every step (the same seed; the device
+choice also seeds the trainer's prompt shuffle), which `check_runs` checks on the prompt of the rollout OpenRLHF
+logs per step.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import hashlib
 import json
 import os
 import re
@@ -41,35 +46,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab import harness, testbed
+from openrlhf_contrastive.demo import run as stage_demo
+
 # What OpenRLHF's PPOTrainer logs after every step (trainer/ppo_trainer.py): `✨ Global step N: {status}`, the
 # step's metrics (means over its rollouts), the reward file's extra logs among them.
 STEP_LINE = re.compile(r"Global step (\d+): (\{.*\})\s*$")
 SEED = 42
 EVAL_N = 2  # responses per prompt of each trained policy in `evaluate`
-# The testbed (CLONE/benchmarks/evidence): v2's task and SFT policy (a weak start, so PPO has room), v1's noisy proxy.
-TESTBED = Path("benchmarks") / "evidence"
-TASK_CONFIG = Path("benchmarks") / "evidence_v2" / "config.json"
-PROXY_CONFIG = TESTBED / "config.json"
+# The testbed: evidence v2's task and SFT policy (a weak start, so PPO has room), v1's noisy proxy (their configs).
+TASK_CONFIG = harness.REPO / "benchmarks" / "evidence_v2" / "config.json"
+PROXY_CONFIG = harness.REPO / "benchmarks" / "evidence" / "config.json"
+REWARD_FILE = harness.REPO / "lab" / "testbed_reward.py"
+# The training part's prompts: words of the evidence testbed's training set (1024 words).
+TRAIN_PROMPTS, TRAIN_PROMPTS_MAX = 128, 1024
 # Peak memory of one tiny training run, all its processes together (launcher, Ray, vLLM engine with its 1 GiB KV
 # cache, PPO trainer, actor, critic, reference model): measured 3.3 GiB; two at once need twice this.
 RUN_MEMORY_GIB = 4
 PROMPT_TAG_TOLERANCE = 1e-5
 RUN_TIMEOUT_S = int(os.environ.get("OPENRLHF_CONTRASTIVE_DEMO_TIMEOUT_S", "1800"))
-
-
-def check_clone(repo: Path) -> Path:
-    """The clone's cpu_training/launch.py; what / why / fix when `repo` is not a clone of this repository."""
-    launch = repo / "cpu_training" / "launch.py"
-    stand_in = repo / "tests" / "support" / "flash_attn"
-    if not launch.is_file() or not stand_in.is_dir():
-        raise SystemExit(
-            f"openrlhf-contrastive demo: --repo {repo} is not a clone of openrlhf-contrastive (no {launch} or no "
-            f"{stand_in}). Why: the training part runs OpenRLHF's trainer on CPU through the repository's test-and-"
-            "demo-only cpu_training/ and the flash_attn stand-in of tests/support, neither of which is installed with "
-            "the package. Fix: pass the root of a clone (`make demo` passes `--repo .`), or leave --repo out for the "
-            "stage-only demo (`make demo-quick`)."
-        )
-    return launch.resolve()
 
 
 @dataclass
@@ -89,7 +84,7 @@ class Run:
 
     @property
     def policy(self) -> Path:
-        return self.out / "policy"
+        return self.out / "ckpt"  # harness.output_flags: the final HF policy
 
 
 @dataclass
@@ -102,33 +97,17 @@ class Testbed:
     config: Path
     ppo: dict  # evidence v2's PPO settings (config.json "ppo"), used as they are: nothing is tuned for the demo
 
-    def common_flags(self) -> list[str]:
+    def common_flags(self, policy: Path | None = None) -> list[str]:
         """The policy, reward, prompts and sampling flags of every command on the testbed (train, evaluate)."""
-        return [
-            "--actor.model_name_or_path", str(self.policy), "--reward.remote_url", str(self.reward),
-            "--data.prompt_dataset", str(self.prompts), "--data.input_key", "input", "--data.apply_chat_template",
-            "--data.max_len", str(self.ppo["data_max_len"]), "--rollout.max_new_tokens", str(self.ppo["max_new_tokens"]),
-            "--rollout.temperature", str(self.ppo["temperature"]), "--vllm.num_engines", "1", "--vllm.enforce_eager",
-        ]
+        sampling = harness.Sampling(self.ppo["data_max_len"], self.ppo["max_new_tokens"], self.ppo["temperature"])
+        return harness.testbed_flags(policy or self.policy, self.prompts, ["--reward.remote_url", str(self.reward)],
+                                     sampling)
 
 
-def load_testbed_module(repo: Path):
-    """The clone's benchmarks/evidence/testbed.py (not part of the installed package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("openrlhf_contrastive_demo_testbed", repo / TESTBED / "testbed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def prepare_testbed(repo: Path, cache: Path, out: Path, prompts: int) -> Testbed:
+def prepare_testbed(cache: Path, out: Path, prompts: int) -> Testbed:
     """1. The SFT policy (trained once per configuration, cached), `prompts` training words, the proxy's config."""
-    import hashlib
-
-    testbed = load_testbed_module(repo)
-    cfg = testbed.load_config(repo / TASK_CONFIG)
-    cfg["proxy"] = testbed.load_config(repo / PROXY_CONFIG)["proxy"]
+    cfg = testbed.load_config(TASK_CONFIG)
+    cfg["proxy"] = testbed.load_config(PROXY_CONFIG)["proxy"]
     out.mkdir(parents=True, exist_ok=True)
     config = out / "testbed_config.json"
     config.write_text(json.dumps(cfg, indent=1))
@@ -143,53 +122,26 @@ def prepare_testbed(repo: Path, cache: Path, out: Path, prompts: int) -> Testbed
     prompt_file = out / "prompts.jsonl"
     prompt_file.write_text("".join(json.dumps({"input": w}) + "\n" for w in words))
     print(f"demo: testbed policy ready in {time.time() - start:.0f} s: {policy}", flush=True)
-    return Testbed(policy.resolve(), prompt_file, (repo / TESTBED / "reward_proxy.py").resolve(), config, cfg["ppo"])
+    return Testbed(policy.resolve(), prompt_file, REWARD_FILE, config, cfg["ppo"])
 
 
 def train_flags(bed: Testbed, out: Path, prompts_per_step: int, episodes: int) -> list[str]:
     """train_ppo_ray flags of one run: the testbed's flags and evidence v2's gae PPO (actor, critic, reference model)."""
     p = bed.ppo
-    return bed.common_flags() + [
-        "--critic.model_name_or_path", str(bed.policy),  # the critic starts from the SFT policy with a new value head
-        "--vllm.tensor_parallel_size", "1", "--vllm.sync_backend", "gloo",
-        "--actor.num_nodes", "1", "--actor.num_gpus_per_node", "1",
-        "--ref.num_nodes", "1", "--ref.num_gpus_per_node", "1",
-        "--critic.num_nodes", "1", "--critic.num_gpus_per_node", "1",
-        "--ds.zero_stage", "0", "--ds.param_dtype", "bf16", "--ds.attn_implementation", "sdpa",
-        "--algo.advantage.estimator", "gae",  # the paper's PPO, where a per-prompt baseline changes training
-        "--rollout.batch_size", str(prompts_per_step), "--rollout.n_samples_per_prompt", "1",
-        "--rollout.micro_batch_size", str(prompts_per_step),
-        "--train.batch_size", str(prompts_per_step), "--train.micro_batch_size", str(prompts_per_step),
-        "--train.max_epochs", str(p["max_epochs"]), "--train.num_episodes", str(episodes), "--train.seed", str(SEED),
-        "--actor.adam.lr", str(p["actor_lr"]), "--critic.adam.lr", str(p["critic_lr"]),
-        "--algo.kl.init_coef", str(p["kl_init_coef"]),
-        "--actor.lr_warmup_ratio", "0", "--critic.lr_warmup_ratio", "0",
-        "--ckpt.output_dir", str(out / "policy"), "--ckpt.path", str(out / "checkpoints"),
-    ]
+    ppo = harness.PPO(estimator="gae",  # the paper's PPO, where a per-prompt baseline changes training
+                      prompts_per_step=prompts_per_step, episodes=episodes, seed=SEED, actor_lr=p["actor_lr"],
+                      critic_lr=p["critic_lr"], kl_init_coef=p["kl_init_coef"], max_epochs=p["max_epochs"])
+    # the critic starts from the SFT policy with a new value head
+    return (bed.common_flags() + harness.CPU_PLACEMENT + harness.ppo_flags(ppo, bed.policy)
+            + harness.output_flags(out, tensorboard=False))
 
 
-def contrastive_flags(store: Path, k: int) -> list[str]:
-    return ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(store), "--contrastive.k", str(k)]
-
-
-def run_env(repo: Path, bed: Testbed) -> dict:
-    """The environment of the demo's subprocesses: the flash_attn stand-in, the proxy's config, a pinned KV cache."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo / "tests" / "support"), env.get("PYTHONPATH")]))
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(repo / ".cache" / "torch_extensions"))  # DeepSpeed's JIT ops, once
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", EVIDENCE_CONFIG=str(bed.config))
-    return env
-
-
-def launch(launch_py: Path, run: Run, env: dict) -> None:
-    """Start train_ppo_ray through cpu_training/launch.py in its own session (Ray and its workers die with it)."""
-    command = [sys.executable, str(launch_py), *run.flags]
+def launch(run: Run, env: dict) -> None:
+    """Start train_ppo_ray on CPU in its own session (Ray and its workers die with it)."""
+    command = harness.launch_command(run.flags)
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / "command.json").write_text(json.dumps(command, indent=1))
-    with open(run.log, "w") as log:
-        run.process = subprocess.Popen(command, cwd=run.out, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+    run.process = harness.start_in_own_session(command, run.log, cwd=run.out, env=env)
 
 
 def parse_log(run: Run) -> list[dict]:
@@ -205,16 +157,6 @@ def parse_log(run: Run) -> list[dict]:
             new.append({**ast.literal_eval(step.group(2)), "step": int(step.group(1))})
     run.steps += new
     return new
-
-
-def stop(run: Run) -> None:
-    """Kill what is left of the run's session (Ray, its workers, the vLLM engine core)."""
-    if run.process is None:
-        return
-    try:
-        os.killpg(run.process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def step_baselines(runs: dict[str, Run]) -> dict[int, float]:
@@ -236,7 +178,7 @@ def step_line(name: str, status: dict, total: int, baselines: dict[int, float]) 
             f"{status['timing/step_total']:5.1f} s")
 
 
-def train(launch_py: Path, runs: dict[str, Run], total_steps: int, at_once: bool, env: dict) -> None:
+def train(runs: dict[str, Run], total_steps: int, at_once: bool, env: dict) -> None:
     """Run both trainings (at once, or the contrastive one first), printing their steps under a progress bar each."""
     from tqdm import tqdm
 
@@ -248,13 +190,14 @@ def train(launch_py: Path, runs: dict[str, Run], total_steps: int, at_once: bool
     try:
         for names in [list(runs)] if at_once else [[name] for name in runs]:
             for name in names:
-                launch(launch_py, runs[name], env)
+                launch(runs[name], env)
             follow(runs, names, bars, total_steps)
     finally:
         for bar in bars.values():
             bar.close()
         for run in runs.values():
-            stop(run)
+            if run.process is not None:
+                harness.kill_session(run.process)
     check_runs(runs, total_steps)
 
 
@@ -313,70 +256,127 @@ def evaluate(runs: dict[str, Run], bed: Testbed, store: Path, out: Path, env: di
     """4. `openrlhf-contrastive evaluate` of every trained policy against the store, all at once; {run: figures}."""
     processes = {}
     for name, run in runs.items():
-        flags = bed.common_flags()
-        flags[flags.index("--actor.model_name_or_path") + 1] = str(run.policy)
-        command = [sys.executable, "-m", "openrlhf_contrastive.cli", "evaluate", *flags, "--contrastive.backend", "hf",
-                   "--contrastive.baseline_path", str(store), "--contrastive.k", str(bed.ppo["k"]), "--eval.n", str(EVAL_N),
-                   "--eval.output_dir", str(out / name), "--eval.top", "3"]
+        command = [sys.executable, "-m", "openrlhf_contrastive.cli", "evaluate", *bed.common_flags(run.policy),
+                   "--contrastive.backend", "hf", "--contrastive.baseline_path", str(store), "--contrastive.k",
+                   str(bed.ppo["k"]), "--eval.n", str(EVAL_N), "--eval.output_dir", str(out / name), "--eval.top", "3"]
         (out / name).mkdir(parents=True, exist_ok=True)
-        with open(out / name / "evaluate.log", "w") as log:
-            processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        processes[name] = harness.start_in_own_session(command, out / name / "evaluate.log", env=env)
     figures = {}
     for name, process in processes.items():
         log = out / name / "evaluate.log"
         if process.wait(timeout=RUN_TIMEOUT_S) != 0:
-            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
-            raise SystemExit(f"openrlhf-contrastive demo: evaluate of the {name} policy exited with "
-                             f"{process.returncode}; the last lines of {log}:\n{tail}")
+            raise SystemExit(f"demo: evaluate of the {name} policy exited with {process.returncode}; the last lines "
+                             f"of {log}:\n{harness.tail(log, 30)}")
         report = json.loads((out / name / "evaluation.json").read_text())
         figures[name] = report["rewards"][report["store_reward"]]
     return figures
 
 
-def train_and_evaluate(launch_py: Path, cache: Path, out: Path, prompts: int, prompts_per_step: int,
-                       episodes: int) -> list:
-    """Steps 1-4 of the module docstring; prints the win rates side by side and returns the runs for the PNG."""
+NAMES = {"contrastive": "PPO, --reward_fn contrastive", "raw": "PPO, raw reward (no --reward_fn)"}
+
+
+def announce(runs: dict[str, Run], store: Path, k: int, total_steps: int, prompts_per_step: int, at_once: bool,
+             available: float, out: Path) -> None:
+    when = ("at once" if at_once else f"one after the other ({available:.0f} GiB of memory available; two at once "
+            f"need about {2 * RUN_MEMORY_GIB})")
+    stage = ("on its store" if (store / "header.json").exists()
+             else f"whose in-job stage first writes k = {k} baselines per prompt to")
+    print(f"demo: two real train_ppo_ray runs on CPU (lab/cpu_training/, test-and-demo-only), {when}: {total_steps} PPO "
+          f"steps of {prompts_per_step} prompts each (gae: critic, reference model), the same seed; with "
+          f"--reward_fn contrastive, {stage} {store}, and without (raw reward r). Each start-up (Ray, vLLM engine, "
+          f"DeepSpeed) takes a minute or more; commands and logs in {out}/{{contrastive,raw}}/", flush=True)
+
+
+def print_win_rates(figures: dict[str, dict], total_steps: int, seconds: float, out: Path) -> None:
+    print(f"\ndemo: win rate against the SFT start by the proxy reward, P(r > r_j) with ties half, 95% interval over "
+          f"prompts (evaluated in {seconds:.0f} s; 0.5 is the SFT policy itself):")
+    for name, fig in figures.items():
+        lo, hi = fig["win_rate_interval"]
+        print(f"  {NAMES[name]:<34} win rate {fig['win_rate']:.3f} [{lo:.3f}, {hi:.3f}]   mean reward "
+              f"{fig['policy_mean']:+.3f} (SFT {fig['baseline_mean']:+.3f})   evaluation: {out / 'evaluation' / name}/")
+    print(f"demo: {total_steps} PPO steps of one seed are not evidence that either reward trains better; see the README's "
+          "\"Does it help?\" for the controlled experiments.")
+
+
+def curves(runs: dict[str, Run], figures: dict[str, dict]) -> list:
+    """The report's training panels: r and r - b per step, and the win rate, of each run."""
     from openrlhf_contrastive.report import TrainingRun
 
-    repo = launch_py.parent.parent
+    baselines = step_baselines(runs)
+    return [TrainingRun(NAMES[name], [s["step"] for s in run.steps], [s["reward"] for s in run.steps],
+                        [reward_minus_baseline(s, baselines) for s in run.steps], figures[name]["win_rate"],
+                        figures[name]["win_rate_interval"])
+            for name, run in runs.items()]
+
+
+def train_and_evaluate(cache: Path, out: Path, prompts: int, prompts_per_step: int, episodes: int) -> list:
+    """Steps 1-4 of the module docstring; prints the win rates side by side and returns the runs for the PNG."""
     print("\ndemo: training. Two SmolLM2 PPO runs need about 11 GiB each and minutes per step on CPU, so training "
-          "uses the evidence testbed's tiny policy (benchmarks/evidence: a 2-layer Llama that reverses words, with a "
+          "uses the evidence testbed's tiny policy (lab/testbed.py: a 2-layer Llama that reverses words, with a "
           "known gold reward) and a noisy proxy of gold as the reward (per-prompt offsets and noise, as a reward "
           "model's).", flush=True)
-    bed = prepare_testbed(repo, cache, out, prompts)
-    env = run_env(repo, bed)
+    bed = prepare_testbed(cache, out, prompts)
+    env = harness.run_env(EVIDENCE_CONFIG=str(bed.config))
     store = out / "baselines"  # written by the contrastive run's in-job stage; a rerun of the demo reuses it
     total_steps = prompts // prompts_per_step * episodes
     runs = {name: Run(name, out / name, train_flags(bed, out / name, prompts_per_step, episodes))
             for name in ("contrastive", "raw")}
-    runs["contrastive"].flags += contrastive_flags(store, bed.ppo["k"])
+    runs["contrastive"].flags += harness.contrastive_flags(store, bed.ppo["k"])
     at_once, available = both_fit()
-    when = ("at once" if at_once else f"one after the other ({available:.0f} GiB of memory available; two at once "
-            f"need about {2 * RUN_MEMORY_GIB})")
-    stage = "on its store" if (store / "header.json").exists() else f"whose in-job stage first writes k = {bed.ppo['k']} baselines per prompt to"
-    print(f"demo: two real train_ppo_ray runs on CPU (cpu_training/, test-and-demo-only), {when}: {total_steps} PPO "
-          f"steps of {prompts_per_step} prompts each (gae: critic, reference model), the same seed; with "
-          f"--reward_fn contrastive, {stage} {store}, and without (raw reward r). Each start-up (Ray, vLLM engine, "
-          f"DeepSpeed) takes a minute or more; commands and logs in {out}/{{contrastive,raw}}/", flush=True)
+    announce(runs, store, bed.ppo["k"], total_steps, prompts_per_step, at_once, available, out)
     start = time.time()
-    train(launch_py, runs, total_steps, at_once, env)
-    print(f"demo: trained in {time.time() - start:.0f} s; evaluating both policies against the "
-          f"SFT baselines (`openrlhf-contrastive evaluate`, n = {EVAL_N} responses per prompt) ...", flush=True)
+    train(runs, total_steps, at_once, env)
+    print(f"demo: trained in {time.time() - start:.0f} s; evaluating both policies against the SFT baselines "
+          f"(`openrlhf-contrastive evaluate`, n = {EVAL_N} responses per prompt) ...", flush=True)
     start = time.time()
     figures = evaluate(runs, bed, store, out / "evaluation", env)
-    print(f"\ndemo: win rate against the SFT start by the proxy reward, P(r > r_j) with ties half, 95% interval over "
-          f"prompts (evaluated in {time.time() - start:.0f} s; 0.5 is the SFT policy itself):")
-    names = {"contrastive": "PPO, --reward_fn contrastive", "raw": "PPO, raw reward (no --reward_fn)"}
-    for name, fig in figures.items():
-        lo, hi = fig["win_rate_interval"]
-        print(f"  {names[name]:<34} win rate {fig['win_rate']:.3f} [{lo:.3f}, {hi:.3f}]   mean reward "
-              f"{fig['policy_mean']:+.3f} (SFT {fig['baseline_mean']:+.3f})   evaluation: {out / 'evaluation' / name}/")
-    print(f"demo: {total_steps} PPO steps of one seed are not evidence that either reward trains better; see the README's "
-          "\"Does it help?\" for the controlled experiments.")
-    baselines = step_baselines(runs)
-    return [
-        TrainingRun(names[name], [s["step"] for s in run.steps], [s["reward"] for s in run.steps],
-                    [reward_minus_baseline(s, baselines) for s in run.steps], figures[name]["win_rate"],
-                    figures[name]["win_rate_interval"])
-        for name, run in runs.items()
-    ]
+    print_win_rates(figures, total_steps, time.time() - start, out)
+    return curves(runs, figures)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The package demo's flags and the training part's."""
+    parser = stage_demo.build_parser()
+    parser.prog = "python -m lab.demo"
+    parser.description = ("`make demo`: the package's demo (offline stage, r and r - b), then PPO with and without the "
+                          "contrastive reward on the evidence testbed through the real train_ppo_ray on CPU, and both "
+                          "policies evaluated against the SFT start.")
+    parser.add_argument("--train-prompts", type=int, default=TRAIN_PROMPTS,
+                        help="training prompts (words of the evidence testbed) of the training part")
+    parser.add_argument("--train-prompts-per-step", type=int, default=16, help="prompts (one rollout each) per PPO step")
+    parser.add_argument("--train-episodes", type=int, default=1, help="passes over the prompts in training")
+    return parser
+
+
+def check_training_options(opts) -> None:
+    """Everything the training part needs, checked before the stage spends any time."""
+    prompts = opts.train_prompts
+    if not 1 <= prompts <= TRAIN_PROMPTS_MAX or not 1 <= opts.train_prompts_per_step <= prompts or opts.train_episodes < 1:
+        raise SystemExit(
+            f"--train-prompts {prompts}, --train-prompts-per-step {opts.train_prompts_per_step} and --train-episodes "
+            f"{opts.train_episodes}: training takes 1 to {TRAIN_PROMPTS_MAX} testbed prompts, a PPO step between 1 "
+            "and all of them, and at least one pass over them. Fix: pick values in those ranges."
+        )
+    from openrlhf_contrastive import patching
+
+    if patching.plan().state != "patched":
+        raise SystemExit(
+            "demo: the openrlhf of this Python environment is not patched, so train_ppo_ray has no --reward_fn and the "
+            "training part would stop at its first run. Fix: `openrlhf-contrastive patch` (`make demo` does it), or "
+            "run the stage-only demo (`openrlhf-contrastive demo`, `make demo-quick`)."
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = build_parser().parse_args(argv)
+    stage_demo.check_options(opts)
+    check_training_options(opts)
+    demo = stage_demo.run(opts)
+    training = train_and_evaluate(demo.cache, demo.out / "training", opts.train_prompts, opts.train_prompts_per_step,
+                                  opts.train_episodes)
+    stage_demo.write_report(demo, training)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,23 +1,29 @@
-"""The proxy reward model of the evidence experiment, as an OpenRLHF reward-function file (--reward.remote_url).
+"""The evidence testbed's reward as an OpenRLHF reward-function file (--reward.remote_url lab/testbed_reward.py).
 
-PPO trains on `rewards` = proxy (testbed.proxy: gold + per-prompt offset + per-prompt noise + length bias).
+PPO trains on `rewards` = the proxy of lab/testbed.py (gold + per-prompt offset + per-prompt noise + length bias),
+with the settings of the "proxy" section of the experiment's config.json, whose path is EVIDENCE_CONFIG (set by
+lab.harness.run_env(EVIDENCE_CONFIG=...)). With every proxy error 0 the reward is gold itself (the oracle arms).
 The gold reward of the same rollout goes only to `extra_logs`, which OpenRLHF 0.11.2 turns into
 `experience.info["gold"]` and logs as `train/gold` per step: measured on the rollouts, never trained on.
 `prompt_tag` (a number in [0, 1) fixed per prompt word) is logged the same way: its mean over a step identifies the
 step's prompts, so two runs can be checked to have trained on the same prompts step by step (the demo does).
-The proxy settings are read from config.json next to this file (EVIDENCE_CONFIG overrides the path).
+
+OpenRLHF loads this file by its path in its reward workers; it imports the lab as a package, which the lab's
+harness makes importable there (the repository root is on their PYTHONPATH).
 """
 
 import os
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import testbed  # noqa: E402
+from lab import testbed
 
-_P = testbed.load_config(os.environ.get("EVIDENCE_CONFIG", testbed.CONFIG_PATH))["proxy"]
+if "EVIDENCE_CONFIG" not in os.environ:
+    raise RuntimeError(
+        "lab/testbed_reward.py: EVIDENCE_CONFIG is not set. Why: the proxy's settings come from the experiment's "
+        "config.json. Fix: start the run with lab.harness.run_env(EVIDENCE_CONFIG=<config.json>)."
+    )
+_P = testbed.load_config(os.environ["EVIDENCE_CONFIG"])["proxy"]
 
 
 def reward_func(queries, prompts, labels):

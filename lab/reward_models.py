@@ -6,7 +6,7 @@ flip rate f(x) = flip_rate_max * u(x), u(x) ~ U(0, 1) from a hash of the prompt 
 flipped on average, as in Coste et al. 2024); the flip of each pair is a hash too, so the data is reproducible.
 The `rm_clean` model is trained on the same pairs without flips.
 
-Training: `python -m openrlhf.cli.train_rm` on CPU through cpu_training/ (initialised from the SFT policy, as users
+Training: `python -m openrlhf.cli.train_rm` on CPU through lab/cpu_training/ (lab.harness.train_reward_model) (initialised from the SFT policy, as users
 do; chat template applied, so a pair reads exactly like the rollouts PPO will score: `<|user|>w</s><|assistant|>y</s>`).
 
 Accuracy: on fresh pairs (other SFT samples) of the training prompts, against clean gold labels, overall and by
@@ -19,14 +19,11 @@ import itertools
 import json
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
-import testbed
+from lab import harness, testbed
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 FLIP_BUCKETS = 4
 
 
@@ -127,7 +124,8 @@ def accuracy(cfg: dict, rm_dir: Path, words: list[str], responses: list[list[str
                              for b, v in sorted(buckets.items())}}
 
 
-def build(cfg: dict, s: dict, work: Path, rm: str, train: list[str], heldout: list[str], log=print) -> Path:
+def build(cfg: dict, s: dict, work: Path, rm: str, train: list[str], heldout: list[str], env: dict | None = None,
+          log=print) -> Path:
     """Train reward model `rm` (rm_noisy / rm_clean) once and measure its accuracy; returns its directory."""
     out = work / rm
     done = work / f"{rm}_done.json"
@@ -139,7 +137,7 @@ def build(cfg: dict, s: dict, work: Path, rm: str, train: list[str], heldout: li
     data = work / f"{rm}_pairs.jsonl"
     data.write_text("".join(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for p in pairs))
     log(f"{rm}: {len(pairs)} pairs, {sum(p['flipped'] for p in pairs)} flipped; train_rm on CPU ...")
-    seconds = train_with_openrlhf(cfg, s, data, work / "sft", out)
+    seconds = train_with_openrlhf(cfg, s, data, work / "sft", out, env)
     fresh_train = sft_pairs_source(cfg, work, train, "rm_eval_train_responses", cfg["rm"]["data_seed"] + 1)
     fresh_heldout = sft_pairs_source(cfg, work, heldout, "rm_eval_heldout_responses", cfg["rm"]["data_seed"] + 2)
     info = {"rm": rm, "noisy": noisy, "pairs": len(pairs), "flipped": sum(p["flipped"] for p in pairs),
@@ -153,18 +151,15 @@ def build(cfg: dict, s: dict, work: Path, rm: str, train: list[str], heldout: li
     return out
 
 
-def train_with_openrlhf(cfg: dict, s: dict, data: Path, sft: Path, out: Path) -> float:
-    """OpenRLHF's train_rm on CPU (cpu_training/train_rm.py) from the SFT policy; returns its wall seconds."""
-    sys.path.insert(0, str(REPO / "cpu_training"))
-    from train_rm import train_reward_model
-
+def train_with_openrlhf(cfg: dict, s: dict, data: Path, sft: Path, out: Path, env: dict | None = None) -> float:
+    """OpenRLHF's train_rm on CPU (lab/cpu_training/train_rm.py) from the SFT policy; returns its wall seconds."""
     r = cfg["rm"]
     start = time.time()
     # train_rm's evaluation only gives the checkpoint its mean/std (unused: no --reward.normalize_enable); a few
     # pairs keep it short (train_reward_model's default evaluates every training pair once more)
     few = out.with_name(out.name + "_eval_pairs.jsonl")
     few.write_text("".join(data.read_text().splitlines(keepends=True)[:r["eval_pairs"]]))
-    train_reward_model(sft, data, out, flags=[
+    harness.train_reward_model(sft, data, out, env=env, flags=[
         "--eval.dataset", str(few), "--data.apply_chat_template", "--data.max_len", str(cfg["ppo"]["data_max_len"] + cfg["ppo"]["max_new_tokens"]),
         "--train.max_epochs", str(s["rm_epochs"]), "--adam.lr", str(r["lr"]),
         "--train.batch_size", str(r["batch_size"]), "--train.micro_batch_size", str(r["batch_size"]),
@@ -172,6 +167,3 @@ def train_with_openrlhf(cfg: dict, s: dict, data: Path, sft: Path, out: Path) ->
     ])
     return time.time() - start
 
-
-if __name__ == "__main__":
-    sys.exit("import me: benchmarks/evidence_v2/run.py builds the reward models")

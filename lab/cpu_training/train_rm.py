@@ -1,7 +1,7 @@
 """TEST-ONLY: the real `python -m openrlhf.cli.train_rm` on CPU, as one process (world size 1, gloo).
 
-    python cpu_training/train_rm.py <train_rm flags>                  # the command line
-    train_reward_model(base, pairs, output_dir, flags=[...])          # from Python (tests, benchmarks/evidence)
+    python lab/cpu_training/train_rm.py <train_rm flags>     # the command line
+    lab.harness.train_reward_model(base, pairs, output_dir, flags=[...])   # from Python (tests, lab.reward_models)
 
 train_rm expects to be started by `deepspeed` (or torchrun), which sets the torch.distributed environment of
 each rank; here the one rank's environment is set in-process (RANK 0, WORLD_SIZE 1, LOCAL_RANK 0, a free
@@ -27,8 +27,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from launch import run_in_own_session  # noqa: E402
 
 # Settings a CPU run needs (no flash attention, DeepSpeed stage 0); the caller's flags come after and win.
 CPU_FLAGS = ["--ds.zero_stage", "0", "--ds.param_dtype", "bf16", "--ds.attn_implementation", "sdpa"]
@@ -42,7 +40,6 @@ def _free_port() -> int:
 
 def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
-    sys.path.insert(0, str(HERE))
     import cpu_device
 
     cpu_device.install()
@@ -51,38 +48,6 @@ def main() -> None:
         os.environ.setdefault(name, value)
     sys.argv = ["openrlhf.cli.train_rm", *CPU_FLAGS, *sys.argv[1:]]
     runpy.run_module("openrlhf.cli.train_rm", run_name="__main__", alter_sys=True)
-
-
-def train_reward_model(
-    base: str | Path,
-    pairs: str | Path,
-    output_dir: str | Path,
-    flags: list[str] = (),
-    log: str | Path | None = None,
-    timeout_s: float = 1800,
-) -> Path:
-    """Train a reward model from `base` on the JSON-lines `pairs` with train_rm on CPU; return `output_dir`.
-
-    `pairs` needs `prompt`, `chosen` and `rejected` keys (other key names: pass the --data.*_key flags). It is also
-    the evaluation set that gives the checkpoint its `mean` / `std`. `flags` are more train_rm flags (steps,
-    learning rate, batch sizes, ...); they override the defaults here. The run's output goes to `log` (default
-    `<output_dir>.log`); a failure raises with its last lines.
-    """
-    output_dir = Path(output_dir)
-    log = Path(log) if log else output_dir.with_name(output_dir.name + ".log")
-    command = [
-        sys.executable, str(HERE / "train_rm.py"),
-        "--model.model_name_or_path", str(base), "--data.dataset", str(pairs), "--eval.dataset", str(pairs),
-        "--data.prompt_key", "prompt", "--ckpt.output_dir", str(output_dir), "--ckpt.disable_ds",
-        *map(str, flags),
-    ]
-    env = dict(os.environ)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    rc = run_in_own_session(command, log, timeout_s, env=env)
-    if rc != 0 or not (output_dir / "config.json").is_file():
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"train_rm on CPU exited with {rc} (log {log}); last lines:\n{tail}")
-    return output_dir
 
 
 if __name__ == "__main__":
