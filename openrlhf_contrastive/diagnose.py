@@ -18,7 +18,8 @@ below 1 (the baseline removes more variance than it adds) exactly when V > S / k
 is reported for the store's k and for k = 2, 4, 8, 16; no k brings it below sqrt(1 - ICC).
 
 Intervals: 95% percentile bootstrap over prompts (prompts resampled with replacement, `RESAMPLES` times, fixed
-seed); the ratio's interval is the ICC's mapped through ratio(k) (decreasing in ICC).
+seed, from the prompts in a canonical order so that any order of the same store gives the same numbers); the
+ratio's interval is the ICC's mapped through ratio(k) (decreasing in ICC).
 
 Model-free check on the same store (leave-one-out): each stored reward against the mean of its k - 1 siblings,
 loo_ij = r_ij - (k b_i - r_ij) / (k - 1); measured = std_ij(loo) / std_ij(r) over all N k rewards (population
@@ -196,7 +197,8 @@ def diagnose(rewards: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) 
         return Diagnosis(prompts=n, k=k, available=False, verdict=reason, resamples=resamples, seed=seed)
     d = decompose(rewards)
     means, variances = rewards.mean(axis=1), rewards.var(axis=1, ddof=1)
-    ci = _bootstrap(means, variances, k, resamples, seed)
+    order = np.lexsort((variances, means))  # the same intervals whatever the order of the prompts
+    ci = _bootstrap(means[order], variances[order], k, resamples, seed)
     icc_lo, icc_hi = ci["icc"]
     ratio_interval = [spread_ratio(icc_hi, k), spread_ratio(icc_lo, k)]
     loo = rewards - (rewards.sum(axis=1, keepdims=True) - rewards) / (k - 1)

@@ -20,6 +20,11 @@ METRIC_RAW_REWARD = "contrastive/raw_reward"
 METRIC_REWARD = "contrastive/reward"
 METRIC_BEAT_BASELINE = "contrastive/beat_baseline"
 METRIC_HIT = "contrastive/hit"
+# Per PPO batch (the same value for every sample, so OpenRLHF's mean logs it as is): std over the batch of the
+# contrastive value over std of r (written only where r varies), and the store's prediction for fresh SFT samples
+# (openrlhf_contrastive.diagnose): the two agree at step 1, where the rollouts are SFT samples.
+METRIC_SPREAD_RATIO = "contrastive/spread_ratio"
+METRIC_SPREAD_RATIO_PREDICTED = "contrastive/spread_ratio_predicted"
 
 
 def add_contrastive_args(parser: argparse.ArgumentParser) -> None:

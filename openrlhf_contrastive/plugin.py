@@ -5,8 +5,10 @@ OpenRLHF (patched by `openrlhf-contrastive patch`) call, in this order:
 
     add_args(parser)            the --contrastive.* flags, before parsing
     check_args(args)            refuse bad combinations before any model is placed on a GPU
-    setup(trainer)              start of PPOTrainer.fit: load and validate the store (run the stage if needed)
-    transform(experiences, a)   every PPO step, after length penalties: r -> contrastive value
+    setup(trainer)              start of PPOTrainer.fit: load and validate the store once (run the stage if needed);
+                                its coverage and diagnosis are logged where train_ppo_ray's output shows them
+    transform(experiences, a)   every PPO step, after length penalties: r -> contrastive value; logs the metrics of
+                                flags.py (METRIC_*), the batch's spread ratio of r - b to r beside its prediction
 
 Loading this module has no side effects and imports neither torch nor openrlhf; the object pickles.
 """
@@ -19,8 +21,15 @@ from pathlib import Path
 
 from openrlhf_contrastive import stage
 from openrlhf_contrastive.checks import InputError, check_chat_template_date, check_contrastive_args, check_shape_fits_store
+from openrlhf_contrastive.diagnose import decompose, diagnose, unavailable_reason
 from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
-from openrlhf_contrastive.flags import METRIC_REWARD, add_contrastive_args
+from openrlhf_contrastive.flags import (
+    METRIC_RAW_REWARD,
+    METRIC_REWARD,
+    METRIC_SPREAD_RATIO,
+    METRIC_SPREAD_RATIO_PREDICTED,
+    add_contrastive_args,
+)
 from openrlhf_contrastive.shapes import contrastive_batch, parse_shape
 from openrlhf_contrastive.store import HEADER, BaselineStore, StoreError, prompt_keys
 
@@ -31,6 +40,7 @@ class ContrastiveReward:
 
     def __init__(self) -> None:
         self.store = None  # BaselineStore, loaded by setup() or by the first transform()
+        self.predicted_spread_ratio = None  # the store's prediction of std(r - b) / std(r) (None: not decomposable)
 
     # -- parse time -----------------------------------------------------------------------------------------
 
@@ -83,42 +93,46 @@ class ContrastiveReward:
 
     def setup(self, trainer) -> None:
         """Before the first PPO step: run the offline stage on the trainer's own engines when the store misses
-        prompts of the training set (none: zero generations), then load and validate it and report its coverage."""
+        prompts of the training set (none: zero generations), then validate the store and report its coverage and
+        diagnosis. The fingerprint (which hashes the models) is computed once and the store loaded once (again only
+        after the stage has added to it)."""
         args = trainer.args
         if args.data.apply_chat_template and getattr(trainer, "tokenizer", None) is not None:
             check_chat_template_date(args, trainer.tokenizer)  # also at parse time, where the tokenizer loads
+        expected = self.fingerprint(args)
+        path = args.contrastive.baseline_path
+        store = BaselineStore.load(path) if Path(path, HEADER).exists() else None
         dataset = getattr(getattr(trainer, "prompts_dataloader", None), "dataset", None)
-        keys = None
-        if dataset is not None:
-            keys = prompt_keys(dataset.prompts, dataset.labels if args.data.label_key else None)
-            if self._stage_needed(args, keys):
-                stage.run_in_job(trainer)
-                self.store = None  # loaded again below, with what the stage added
-        self.load(args)
+        keys = None if dataset is None else prompt_keys(dataset.prompts, dataset.labels if args.data.label_key else None)
+        staged = keys is not None and stage_needed(store, keys, expected)
+        if staged:
+            stage.run_in_job(trainer, fingerprint=expected)  # logs its summary and the diagnosis
+            store = None  # loaded below, with what the stage added
+        self.accept(store or BaselineStore.load(path), expected, args)
+        if not staged:
+            for line in diagnose(self.store.rewards).lines():
+                stage.in_job_log(line)
         if keys is not None:
             _, hit = self.store.lookup(keys)
             missing = int((~hit).sum())
             if missing and args.contrastive.on_missing == "error":
                 raise ValueError(missing_baselines_message(self.store.path, dataset.prompts, hit, "training prompts"))
-            logger.info("contrastive: store %s covers %d of %d training prompts", self.store.path, len(hit) - missing, len(hit))
-
-    def _stage_needed(self, args, keys) -> bool:
-        """No store yet, or a store with this run's fingerprint that lacks some of the training prompts' `keys` (a
-        store made under other settings and accepted with --contrastive.accept_fingerprint_mismatch is never extended)."""
-        if not Path(args.contrastive.baseline_path, HEADER).exists():
-            return True
-        store = BaselineStore.load(args.contrastive.baseline_path)  # as it is, before the stage completes it
-        _, hit = store.lookup(keys)
-        return not hit.all() and not store.check_fingerprint(self.fingerprint(args), accept_mismatch=True)
+            stage.in_job_log(f"contrastive: store {self.store.path} covers {len(hit) - missing} of {len(hit)} training prompts")
 
     def load(self, args) -> None:
-        """Load and validate the store of `args` once (OpenRLHF keeps one plugin object per process): made under
-        this run's settings (or accepted), and able to feed the shape."""
+        """Load and validate the store of `args` unless it is loaded (OpenRLHF keeps one plugin object per process;
+        setup() loads it in the trainer, the first transform() in any other process)."""
         if self.store is None or Path(self.store.path) != Path(args.contrastive.baseline_path):
-            store = BaselineStore.load(args.contrastive.baseline_path)
-            store.check_fingerprint(self.fingerprint(args), args.contrastive.accept_fingerprint_mismatch)
-            check_shape_fits_store(parse_shape(args.contrastive.shape), store)
-            self.store = store
+            self.accept(BaselineStore.load(args.contrastive.baseline_path), self.fingerprint(args), args)
+
+    def accept(self, store: BaselineStore, expected: dict, args) -> None:
+        """Use `store` if it was made under this run's settings (fingerprint `expected`, or accepted) and can feed
+        the shape; keep its predicted spread ratio for the per-step metric."""
+        store.check_fingerprint(expected, args.contrastive.accept_fingerprint_mismatch)
+        check_shape_fits_store(parse_shape(args.contrastive.shape), store)
+        self.store = store
+        rewards = store.rewards
+        self.predicted_spread_ratio = None if unavailable_reason(rewards) else decompose(rewards).ratio(store.k)
 
     # -- every PPO step -------------------------------------------------------------------------------------
 
@@ -143,12 +157,34 @@ class ContrastiveReward:
             r, torch.from_numpy(baselines), torch.from_numpy(hit), parse_shape(args.contrastive.shape),
             args.contrastive.coef, self.store.pooled_std,
         )
+        metrics.update(self.spread_metrics(metrics[METRIC_RAW_REWARD], metrics[METRIC_REWARD]))
         sizes = [e.rewards.numel() for e in experiences]
         split = {key: tensor.split(sizes) for key, tensor in metrics.items()}
         for i, experience in enumerate(experiences):
             for key, chunks in split.items():
                 experience.info[key] = chunks[i].clone()
             experience.rewards = experience.info[METRIC_REWARD].reshape(experience.rewards.shape).clone()
+
+
+    def spread_metrics(self, r, value) -> dict:
+        """METRIC_SPREAD_RATIO (std over the batch of the contrastive value / std of r, population stds; only where r
+        varies) and METRIC_SPREAD_RATIO_PREDICTED (the store's), as length-B tensors of one value."""
+        out = {}
+        spread = r.std(unbiased=False)
+        if spread > 0:
+            out[METRIC_SPREAD_RATIO] = (value.std(unbiased=False) / spread).expand_as(r).clone()
+        if self.predicted_spread_ratio is not None:
+            out[METRIC_SPREAD_RATIO_PREDICTED] = r.new_full(r.shape, self.predicted_spread_ratio)
+        return out
+
+
+def stage_needed(store: BaselineStore | None, keys, expected: dict) -> bool:
+    """No store yet, or a store with the fingerprint `expected` that lacks some of the training prompts' `keys` (a
+    store made under other settings and accepted with --contrastive.accept_fingerprint_mismatch is never extended)."""
+    if store is None:
+        return True
+    _, hit = store.lookup(keys)
+    return not hit.all() and not store.check_fingerprint(expected, accept_mismatch=True)
 
 
 def missing_baselines_message(store_path, prompts, hit, what: str, raw_option: str = "--contrastive.on_missing raw") -> str:

@@ -12,22 +12,27 @@ flags are ignored) and reads top to bottom:
     3. sample    backend.submit: k responses per prompt (seeded per prompt key, or per chunk for hf)
     4. score     backend.score: the reward training uses (reward model, reward group, remote URL, reward file)
     5. penalise  OpenRLHF's own apply_length_penalties on those Experiences (as compute_advantages_and_returns)
-    6. append    StoreWriter.append per chunk; tqdm shows prompts/s and tokens/s; `summarize` at the end
+    6. append    StoreWriter.append per chunk; tqdm shows prompts/s and tokens/s
+    7. summary   counts, throughput and whether the baseline can help this reward (`openrlhf_contrastive.diagnose`),
+                 printed and written to the store's summary.json
 
 In a training job `ContrastiveReward.setup` calls `run_in_job(trainer)`: the same stage on the trainer's own
-engines and reward group, before the first PPO step.
+engines and reward group, before the first PPO step; its summary goes through OpenRLHF's own log handler
+(`in_job_log`), so train_ppo_ray's output shows it.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
-from openrlhf_contrastive.backends import DriverStrategy, check_rewards, default_backend, response_texts
+from openrlhf_contrastive.backends import DriverStrategy, backend_name, check_rewards, response_texts, start_backend
 from openrlhf_contrastive.checks import (
     InputError,
     check_chat_template_date,
@@ -35,9 +40,11 @@ from openrlhf_contrastive.checks import (
     check_sample_inputs,
 )
 from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
+from openrlhf_contrastive.diagnose import diagnose
 from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 from openrlhf_contrastive.flags import BACKENDS, add_contrastive_args, add_train_ppo_ray_args
 from openrlhf_contrastive.store import (
+    SUMMARY,
     WRITER_FIX,
     BaselineStore,
     StoreWriter,
@@ -48,6 +55,21 @@ from openrlhf_contrastive.store import (
 )
 
 logger = logging.getLogger(__name__)
+
+IN_JOB_LOGGER = "openrlhf_contrastive.in_job"
+
+
+def in_job_log(line: str) -> None:
+    """Log a line of the in-job stage or of the plugin's setup where train_ppo_ray shows it: through OpenRLHF's own
+    log handler (stdout, INFO), as OpenRLHF's trainer logs its steps. (This package's other loggers propagate to the
+    root logger, which shows only warnings unless the application configures logging.)"""
+    from openrlhf.utils.logging_utils import init_logger
+
+    log = logging.getLogger(IN_JOB_LOGGER)
+    if not log.handlers:
+        init_logger(IN_JOB_LOGGER)
+    log.info(line)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -89,7 +111,7 @@ def parse_args(argv: list[str], parser: argparse.ArgumentParser | None = None):
         missing.append("--reward.model_name_or_path, --reward.remote_url or --train.agent_func_path")
     if missing:
         raise InputError(f"{parser.prog} needs {', '.join(missing)} (the same values as for training).")
-    if args.train.agent_func_path and (args.contrastive.backend or default_backend()) == "hf":
+    if args.train.agent_func_path and backend_name(args) == "hf":
         raise InputError(
             f"--train.agent_func_path {args.train.agent_func_path}: the agent runs inside OpenRLHF's vLLM rollout actors, "
             "which the hf backend does not use. Use --contrastive.backend openrlhf (vLLM installed) for agent rewards."
@@ -170,8 +192,10 @@ def penalised_rewards(experiences, args, k: int):
     return torch.cat([e.rewards.flatten() for e in experiences]).double().numpy().reshape(-1, k)
 
 
-def run_stage(args, backend, prompts, labels, log=print) -> dict:
-    """Sample, score, penalise and store the baselines of every prompt the store does not hold yet."""
+def run_stage(args, backend, prompts, labels, log=print, fingerprint: dict | None = None) -> dict:
+    """Sample, score, penalise and store the baselines of every prompt the store does not hold yet; return the
+    summary (`summarize`). `fingerprint`: the store's provenance for these flags, when the caller already has it
+    (computed here otherwise: `training_fingerprint` hashes the models)."""
     from tqdm import tqdm
 
     start = time.time()
@@ -183,7 +207,8 @@ def run_stage(args, backend, prompts, labels, log=print) -> dict:
     # 2. resume: fixed chunks of that list; a chunk with a missing key is redone whole (same seeds)
     keep = bool(getattr(args.contrastive, "keep_responses", False))
     writer = StoreWriter(
-        args.contrastive.baseline_path, k, training_fingerprint(args, k, baseline_temperature(args)), keep_responses=keep
+        args.contrastive.baseline_path, k, fingerprint or training_fingerprint(args, k, baseline_temperature(args)),
+        keep_responses=keep,
     )
     size = args.contrastive.chunk_size
     chunks = [range(s, min(s + size, len(keys))) for s in range(0, len(keys), size)]
@@ -219,7 +244,8 @@ def run_stage(args, backend, prompts, labels, log=print) -> dict:
 
 
 def summarize(args, log, prompts: int, duplicates: int, already: int, generations: int, tokens: int, seconds: float) -> dict:
-    """The stage's summary (returned and logged): counts, the store's reward distribution, throughput."""
+    """The stage's summary (returned, logged line by line, and written to the store's summary.json): counts, the
+    store's reward distribution, throughput, and the store's diagnosis (will the baseline help this reward?)."""
     import numpy as np
 
     store = BaselineStore.load(args.contrastive.baseline_path)
@@ -239,20 +265,29 @@ def summarize(args, log, prompts: int, duplicates: int, already: int, generation
         "prompts_per_s": new / seconds,
         "tokens_per_s": tokens / seconds,
     }
+    diagnosis = diagnose(store.rewards)
+    summary["diagnosis"] = diagnosis.to_dict()
     log(
         f"baseline store {summary['store']}: {prompts} prompts x k={k} ({new} sampled now, {already} already stored, "
         f"{duplicates} duplicates dropped); baseline reward mean {summary['baseline_mean']:.4f}, std "
         f"{summary['baseline_std']:.4f}; {generations} generations, {tokens} tokens in {seconds:.1f} s "
         f"({summary['prompts_per_s']:.2f} prompts/s, {summary['tokens_per_s']:.1f} tokens/s)"
     )
+    for line in diagnosis.lines():
+        log(line)
+    file = Path(args.contrastive.baseline_path, SUMMARY)
+    file.with_name(SUMMARY + ".tmp").write_text(json.dumps(summary, indent=2))
+    os.replace(file.with_name(SUMMARY + ".tmp"), file)
     return summary
 
 
-def run_in_job(trainer) -> dict:
-    """The stage inside train_ppo_ray, on the trainer's own vLLM engines and reward group (start of fit)."""
+def run_in_job(trainer, fingerprint: dict | None = None) -> dict:
+    """The stage inside train_ppo_ray, on the trainer's own vLLM engines and reward group (start of fit); its
+    summary is logged where train_ppo_ray's output shows it (`in_job_log`)."""
     args = trainer.args
     dataset = trainer.prompts_dataloader.dataset
-    return run_stage(args, OpenRLHFBackend.from_trainer(trainer), dataset.prompts, dataset.labels, log=logger.info)
+    return run_stage(args, OpenRLHFBackend.from_trainer(trainer), dataset.prompts, dataset.labels, log=in_job_log,
+                     fingerprint=fingerprint)
 
 
 def check_store_matches(args) -> None:
@@ -274,13 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_chat_template_date(args, tokenizer)
     check_store_matches(args)
     prompts, labels = build_prompts(args, tokenizer, DriverStrategy(args))
-    backend_name = args.contrastive.backend or default_backend()
-    if backend_name == "hf":
-        from openrlhf_contrastive.backends.hf import HFBackend
-
-        backend = HFBackend(args)
-    else:
-        backend = OpenRLHFBackend.from_args(args)
+    backend = start_backend(args)
     try:
         return run_stage(args, backend, prompts, labels)
     finally:

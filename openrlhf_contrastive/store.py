@@ -9,6 +9,8 @@ A store is a directory:
     responses.jsonl  only with --contrastive.keep_responses: one line per prompt,
                      {"key": 16 hex digits, "responses": [k texts], "check": 16 hex digits}
     lock             who writes the store now (an advisory flock, released by the OS when the writer dies)
+    summary.json     the last stage's summary: counts, throughput and the store's diagnosis (openrlhf_contrastive.
+                     diagnose); written for people and tools, never read back by the store
 
 The key of a prompt is a 64-bit BLAKE2b digest of the exact string OpenRLHF builds for it (plus its label when
 `--data.label_key` is set), so that training looks rewards up by `Experience.prompts` without keeping a
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "openrlhf-contrastive-store/2"
 KEY_SCHEME = "blake2b-64(utf8(prompt) [+ b'\\x00' + utf8(label) when --data.label_key is set])"
 HEADER, REWARDS, PROMPTS, RESPONSES, LOCK = "header.json", "rewards.bin", "prompts.bin", "responses.jsonl", "lock"
+SUMMARY = "summary.json"
 
 # Odd 64-bit multipliers for the record checksum (vectorised; detects torn and flipped records).
 _MIX = np.array([0x9E3779B97F4A7C15 + 2 * i for i in range(64)], dtype=np.uint64)

@@ -44,6 +44,23 @@ def default_backend() -> str:
     return "openrlhf" if importlib.util.find_spec("vllm") is not None else "hf"
 
 
+def backend_name(args) -> str:
+    """The backend `sample`, `evaluate` and the demo's stage use: --contrastive.backend, else `default_backend()`."""
+    return getattr(args.contrastive, "backend", None) or default_backend()
+
+
+def start_backend(args):
+    """Start the backend `backend_name(args)` names, for `args`: `HFBackend` (transformers on one device) or
+    `OpenRLHFBackend` (OpenRLHF's vLLM engines and reward group over Ray). Close it with `.close()`."""
+    if backend_name(args) == "hf":
+        from openrlhf_contrastive.backends.hf import HFBackend
+
+        return HFBackend(args)
+    from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
+
+    return OpenRLHFBackend.from_args(args)
+
+
 def remote_reward_sources(args) -> list[str] | None:
     """--reward.remote_url as train_ppo_ray passes it on (a list of HTTP URLs or reward-function files), or None
     when a reward model scores."""

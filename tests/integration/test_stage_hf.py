@@ -40,15 +40,21 @@ def sample_flags(models, store, *extra):
     ]
 
 
-def test_sample_cli_writes_store_and_rerun_generates_nothing(models, tmp_path):
+def test_sample_cli_writes_store_and_rerun_generates_nothing(models, tmp_path, capsys):
     from openrlhf_contrastive import stage
-    from openrlhf_contrastive.store import BaselineStore
+    from openrlhf_contrastive.diagnose import diagnose
+    from openrlhf_contrastive.store import SUMMARY, BaselineStore
 
     first = stage.main(sample_flags(models, tmp_path / "s", "--ds.zero_stage", "3"))  # a training-only flag is ignored
     assert (first["prompts"], first["duplicates_dropped"], first["generations"]) == (40, 8, 120)
     assert first["prompts_per_s"] > 0 and first["tokens_per_s"] > 0
     store = BaselineStore.load(tmp_path / "s")
     assert len(store) == 40 and store.k == 3 and np.isfinite(store.rewards).all()
+    # The end of `sample`: the diagnosis of the store it wrote, printed and in the store's summary.json.
+    expected = diagnose(store.rewards)
+    assert f"will it help? {expected.verdict}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s" / SUMMARY).read_text()) == json.loads(json.dumps(first))
+    assert first["diagnosis"] == expected.to_dict() and first["diagnosis"]["available"]
     rerun = stage.main(sample_flags(models, tmp_path / "s"))
     assert rerun["generations"] == 0 and rerun["already_stored"] == 40
 

@@ -224,7 +224,8 @@ def test_plugin_setup_runs_stage_in_job_once(cluster, tmp_path, monkeypatch):
         prompts_dataloader=SimpleNamespace(dataset=dataset),
     )
     runs = []
-    monkeypatch.setattr(stage, "run_in_job", lambda t, run=stage.run_in_job: runs.append(run(t)) or runs[-1])
+    monkeypatch.setattr(stage, "run_in_job", lambda t, fingerprint=None, run=stage.run_in_job:
+                        runs.append(run(t, fingerprint)) or runs[-1])
 
     ContrastiveReward().setup(trainer)
     assert len(runs) == 1 and runs[0]["generations"] == 7 * 2

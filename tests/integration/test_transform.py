@@ -18,6 +18,7 @@ import torch
 from openrlhf_cli import parse_train_args
 from openrlhf_contrastive import patching
 from openrlhf_contrastive.fingerprint import training_fingerprint
+from openrlhf_contrastive.flags import METRIC_RAW_REWARD, METRIC_REWARD, METRIC_SPREAD_RATIO, METRIC_SPREAD_RATIO_PREDICTED
 from openrlhf_contrastive.store import StoreWriter, prompt_keys
 
 pytestmark = pytest.mark.integration
@@ -245,7 +246,7 @@ def test_a_store_too_small_for_the_shape_is_refused_before_any_rollout(tmp_path,
     expected = r"--contrastive.shape=zscore .* needs at least 2 baseline rewards per prompt, and the store .* has k = 1"
     with pytest.raises(SystemExit, match=expected):
         make_args(tmp_path, "gae", 1, flags)
-    monkeypatch.setattr(stage, "run_in_job", lambda trainer: pytest.fail("no stage: the store holds every prompt"))
+    monkeypatch.setattr(stage, "run_in_job", lambda *a, **kw: pytest.fail("no stage: the store holds every prompt"))
     with pytest.raises(ValueError, match=expected + r".*--contrastive.k >= 2"):
         ContrastiveReward().setup(trainer_of(args, PROMPTS))
 
@@ -313,8 +314,72 @@ def test_patched_and_unpatched_paths_give_identical_values_and_metrics(tmp_path,
         "CONTRASTIVE_ACCEPT_FINGERPRINT_MISMATCH": "1",
     })([p + repr(r) for p, r in zip(prompts, rewards.tolist())], prompts, [""] * len(prompts))
 
-    assert sorted(patched) == sorted(unpatched["extra_logs"]) and len(patched) == 5
+    # The per-batch spread ratio and its prediction are the patched path's only: the stock path's reward function
+    # sees the rollout actor's calls, not the PPO batch.
+    assert sorted(patched) == sorted([*unpatched["extra_logs"], METRIC_SPREAD_RATIO, METRIC_SPREAD_RATIO_PREDICTED])
+    patched = {key: patched[key] for key in unpatched["extra_logs"]}
+    assert len(patched) == 5
     assert patched["contrastive/hit"].tolist() == [1.0] * 16 + [0.0] * 4
     for key, tensor in patched.items():
         assert torch.equal(tensor, unpatched["extra_logs"][key]), key
     assert torch.equal(cat(experiences, "rewards"), unpatched["rewards"])
+
+
+def logged(experiences, key) -> float:
+    """What OpenRLHF's actor logs as train/<key>: the sample-weighted mean of the info tensors over the batch."""
+    return float(torch.cat([e.info[key] for e in experiences]).double().mean())
+
+
+def test_spread_ratio_is_logged_from_r_and_r_minus_b_of_the_batch(tmp_path, baselines):
+    """Through the real compute_advantages_and_returns: train/contrastive/spread_ratio is std(r - b) / std(r) of the
+    batch's rollouts (r and b as the test computes them), spread_ratio_predicted the store's prediction."""
+    from openrlhf_contrastive.diagnose import diagnose
+
+    args = make_args(tmp_path, "gae", 4, ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path)])
+    write_store(tmp_path, args, PROMPTS, baselines)
+    original = make_experiences(4, micro_batch=3)
+    r = cat(original, "rewards").double()
+    b = torch.tensor([baselines[PROMPTS.index(p)].mean() for e in original for p in e.prompts])
+    experiences = run_maker(patched_module(), args, make_experiences(4, micro_batch=3))
+    assert torch.cat([e.info[METRIC_REWARD] for e in experiences]).double() == pytest.approx((r - b).tolist(), abs=1e-6)
+    assert logged(experiences, METRIC_SPREAD_RATIO) == pytest.approx(float((r - b).std(unbiased=False) / r.std(unbiased=False)), rel=1e-5)
+    assert logged(experiences, METRIC_SPREAD_RATIO_PREDICTED) == pytest.approx(diagnose(baselines).predicted_ratio, rel=1e-6)
+
+
+def test_spread_ratio_of_fresh_sft_samples_matches_the_prediction(tmp_path):
+    """Step 1's rollouts are fresh samples of the policy that wrote the store: on 3000 prompts whose rewards follow
+    r = m(x) + e (Var m = 0.6, Var e = 1), the logged ratio equals the prediction within 0.03."""
+    rng = np.random.default_rng(5)
+    prompts = [f"prompt {i}" for i in range(3000)]
+    m = rng.normal(0, 0.6 ** 0.5, len(prompts))
+    args = make_args(tmp_path, "gae", 1, ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path)])
+    write_store(tmp_path, args, prompts, m[:, None] + rng.normal(0, 1, (len(prompts), K)))
+    experiences = make_experiences(1, micro_batch=500, prompts=prompts)
+    rewards = torch.tensor(m + rng.normal(0, 1, len(prompts)), dtype=torch.float32)
+    for i, e in enumerate(experiences):
+        e.rewards = rewards[500 * i : 500 * (i + 1)].clone()
+        e.info["reward"] = e.rewards.clone()
+    run_maker(patched_module(), args, experiences)
+    predicted = logged(experiences, METRIC_SPREAD_RATIO_PREDICTED)
+    assert predicted == pytest.approx(((1 - 0.6 / 1.6) * (1 + 1 / K)) ** 0.5, abs=0.03)
+    assert logged(experiences, METRIC_SPREAD_RATIO) == pytest.approx(predicted, abs=0.03)
+
+
+def test_setup_shows_the_coverage_and_the_diagnosis_at_openrlhfs_log_level(tmp_path, baselines, monkeypatch):
+    """train_ppo_ray shows OpenRLHF's INFO lines and the root logger's warnings only: setup's lines go through
+    OpenRLHF's own handler (stdout, INFO), read here from a stream put in its place."""
+    import io
+
+    from openrlhf.utils import logging_utils
+
+    from openrlhf_contrastive.diagnose import diagnose
+    from openrlhf_contrastive.plugin import ContrastiveReward
+
+    stream = io.StringIO()
+    monkeypatch.setattr(logging_utils._default_handler, "stream", stream)
+    args = make_args(tmp_path, "gae", 1, ["--reward_fn", "contrastive", "--contrastive.baseline_path", str(tmp_path)])
+    write_store(tmp_path, args, PROMPTS, baselines)
+    ContrastiveReward().setup(trainer_of(args, PROMPTS))
+    out = stream.getvalue()
+    assert f"covers {len(PROMPTS)} of {len(PROMPTS)} training prompts" in out
+    assert f"will it help? {diagnose(baselines).verdict}" in out

@@ -70,6 +70,8 @@ def test_fixed_data_match_a_reference_written_out_by_hand():
     assert d.loo_predicted_ratio == pytest.approx(math.sqrt(S * (1 + 1 / (k - 1)) / (V + S)), rel=1e-12)
     # Intervals: a fixed seed gives the same numbers twice; the ratio's interval is the ICC's mapped through ratio(k).
     assert diagnose.diagnose(r).to_dict() == d.to_dict()
+    shuffled = diagnose.diagnose(r[::-1, ::-1])  # the same store in another order: the same intervals
+    assert shuffled.icc_interval == pytest.approx(d.icc_interval) and shuffled.verdict == d.verdict
     assert d.predicted_ratio_interval == pytest.approx([diagnose.spread_ratio(d.icc_interval[1], k),
                                                         diagnose.spread_ratio(d.icc_interval[0], k)])
 
