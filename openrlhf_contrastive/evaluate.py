@@ -19,6 +19,12 @@ and reads top to bottom:
     6. report   per reward: policy mean against the baseline mean and the difference, the win rate P(r > r_j)
                 (ties half) with a 95% interval over prompts, the fraction of prompts improved, the most improved
                 and degraded prompts; printed, and written to evaluation.json, evaluation.png and samples.jsonl
+                (the judge, step 5, runs last, once these are on disk)
+
+and, between 4 and 6, whether the policy learned to answer nothing: for the policy and its SFT start (the store's
+policy), the share of empty and of one-token responses sampled as served (no minimum length: OpenRLHF's rollouts,
+the baselines and step 3 mask EOS at the first position, so none of them shows it) and the mean P(EOS first), with a
+warning when the policy's clearly exceed the SFT's (`answers_nothing`).
 
 Intervals are Student-t intervals of the mean of the per-prompt values (prompts are the independent units).
 """
@@ -32,11 +38,19 @@ import json
 import logging
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from openrlhf_contrastive.backends import DriverStrategy, check_rewards, default_backend, reward_source, response_texts
+from openrlhf_contrastive.backends import (
+    DriverStrategy,
+    backend_name,
+    check_rewards,
+    response_texts,
+    reward_source,
+    start_backend,
+)
 from openrlhf_contrastive.checks import InputError, check_chat_template_date
 from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 from openrlhf_contrastive.flags import add_eval_args
@@ -50,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 EVAL_SEED_OFFSET = 1_000_003  # the policy's samples use other seeds than the stage's baselines
 JUDGE_BATCH = 256  # pairs per judge call
+DEGENERATION_MARGIN = 0.05  # the policy's P(EOS first) or empty share above the SFT's by more than this: a warning
 
 
 # -- statistics over prompts ---------------------------------------------------------------------------------
@@ -260,30 +275,81 @@ def second_rewards(args) -> list[tuple[str, object]]:
 
 # -- the run ------------------------------------------------------------------------------------------------------
 
+@dataclass
+class Inputs:
+    """What step 1 checked: the store, accepted fingerprint differences, second rewards, the judge, kept texts."""
+
+    store: BaselineStore
+    fingerprint_diffs: list[str]
+    seconds: list[tuple[str, object]]  # (name, args scoring with it)
+    judge: object | None
+    kept: dict | None  # key -> the k stored response texts, when the judge or a second reward needs them
+
+
+@dataclass
+class Prompts:
+    """What step 2 selected: the prompts with baselines (unique, dataset order), their labels, keys and baselines."""
+
+    given: int
+    unique: int
+    keys: list[int]
+    prompts: list[str]
+    labels: list[str]
+    baselines: np.ndarray  # (P, k)
+    missing: list[str]
+
+
+@dataclass
+class Sampled:
+    """What steps 3-4 produced: the policy's responses and their rewards under the store's and each second reward."""
+
+    backend: str
+    texts: list[list[str]]  # (P) lists of n texts
+    rewards: np.ndarray  # (P, n), the store's reward with its length penalties
+    second: dict  # name -> (P, n) raw scores
+    scorers: list  # (name, HFBackend scorer) of each second reward, open until its baselines are scored
+
+
 def evaluate(args, log=print) -> dict:
     """Steps 1-6 of the module docstring; returns what evaluation.json holds."""
-    from tqdm import tqdm
+    inputs = check_inputs(args)  # 1. before any model loads
+    prompts = select_prompts(args, inputs)  # 2.
+    sampled = sample_and_score(args, inputs, prompts)  # 3-4.
+    rewards = reward_figures(args, inputs, prompts, sampled)  # 4. second rewards on the stored baselines, 6. figures
+    degeneration = answers_nothing(args, inputs.store, prompts.prompts)  # as served: empty responses, P(EOS first)
+    out = Path(args.eval.output_dir)
+    report = assemble(args, inputs, prompts, sampled, rewards, degeneration, out)
+    write_samples(out, prompts, sampled)
+    write(report, out)
+    if inputs.judge:  # 5. last, after the reward figures are on disk (a judge failing here loses none of them)
+        report["judge"] = judge_figures(args, inputs, prompts, sampled, report)
+        write(report, out)
+    log(describe(report))  # 6.
+    return report
 
-    from openrlhf.utils.utils import get_tokenizer
 
-    from openrlhf_contrastive.backends.hf import HFBackend  # also the scorer of second rewards
-
-    # 1. check everything before a model loads
+def check_inputs(args) -> Inputs:
+    """1. Flags, the store and its fingerprint, second rewards, the judge file: everything before a model loads."""
     store, fingerprint_diffs = open_store(args)
     seconds = second_rewards(args)
     judge = load_judge(args.eval.judge) if args.eval.judge else None
     if judge:
-        kept = require_responses(store, "--eval.judge")  # key -> the k stored response texts
+        kept = require_responses(store, "--eval.judge")
     else:
         kept = read_responses(store.path) if seconds and store.has_responses else None
+    return Inputs(store, fingerprint_diffs, seconds, judge, kept)
 
-    # 2. prompts, as the stage builds them; those without baselines are named
+
+def select_prompts(args, inputs: Inputs) -> Prompts:
+    """2. The prompts as the stage builds them, those with baselines; the judge tried on two stored pairs."""
+    from openrlhf.utils.utils import get_tokenizer
+
+    store = inputs.store
     tokenizer = get_tokenizer(args.actor.model_name_or_path, None, "left", None, use_fast=not args.data.disable_fast_tokenizer)
     check_chat_template_date(args, tokenizer)
     all_prompts, all_labels = build_prompts(args, tokenizer, DriverStrategy(args))
     keys, _, prompts, labels = unique_prompts(all_prompts, all_labels, bool(args.data.label_key))
     baselines, hit = store.lookup(np.asarray(keys, dtype=np.uint64))
-    missing = [p for p, h in zip(prompts, hit) if not h]
     if not hit.any():
         raise InputError(
             f"None of the {len(prompts)} prompts of --data.prompt_dataset {args.data.prompt_dataset} is in the baseline "
@@ -292,34 +358,37 @@ def evaluate(args, log=print) -> dict:
             "label key), or a store written for these prompts (`openrlhf-contrastive inspect STORE --prompts ...` shows "
             "the coverage)."
         )
-    keys = [k for k, h in zip(keys, hit) if h]
-    prompts = [p for p, h in zip(prompts, hit) if h]
-    labels = [l for l, h in zip(labels, hit) if h]
-    baselines = baselines[hit]
-    if judge:  # tried on two stored pairs before any model loads: a broken judge costs no generation
-        first = kept[int(keys[0])]
-        call_judge(judge, args.eval.judge, [prompts[0]] * 2, [first[0], first[-1]], [first[-1], first[0]])
+    selected = Prompts(
+        given=len(all_prompts), unique=len(hit), keys=[k for k, h in zip(keys, hit) if h],
+        prompts=[p for p, h in zip(prompts, hit) if h], labels=[l for l, h in zip(labels, hit) if h],
+        baselines=baselines[hit], missing=[p for p, h in zip(prompts, hit) if not h],
+    )
+    if inputs.judge:  # a broken judge costs no generation
+        first = inputs.kept[int(selected.keys[0])]
+        call_judge(inputs.judge, args.eval.judge, [selected.prompts[0]] * 2, [first[0], first[-1]], [first[-1], first[0]])
+    return selected
 
-    # 3-4. sample n responses per prompt from the policy and score them with the store's reward, then second rewards
+
+def sample_and_score(args, inputs: Inputs, prompts: Prompts) -> Sampled:
+    """3-4. --eval.n responses per prompt from the policy (other seeds than the stage's), scored with the store's
+    reward and its length penalties, then with each second reward (raw)."""
+    from tqdm import tqdm
+
+    from openrlhf_contrastive.backends.hf import HFBackend  # the scorer of second rewards
+
     n = args.eval.n
     sampling = copy.deepcopy(args)
     sampling.train.seed = args.train.seed + EVAL_SEED_OFFSET
-    backend_name = args.contrastive.backend or default_backend()
-    if backend_name == "hf":
-        backend = HFBackend(sampling)
-    else:
-        from openrlhf_contrastive.backends.openrlhf import OpenRLHFBackend
-
-        backend = OpenRLHFBackend.from_args(sampling)
+    backend = start_backend(sampling)
     size = args.contrastive.chunk_size
-    chunks = list(enumerate(range(s, min(s + size, len(keys))) for s in range(0, len(keys), size)))
+    chunks = list(enumerate(range(s, min(s + size, len(prompts.keys))) for s in range(0, len(prompts.keys), size)))
     rewards, texts = [], []
-    second_policy = {name: [] for name, _ in seconds}
-    bar = tqdm(total=len(keys), unit="prompt", desc="evaluate", dynamic_ncols=True)
+    second = {name: [] for name, _ in inputs.seconds}
+    bar = tqdm(total=len(prompts.keys), unit="prompt", desc="evaluate", dynamic_ncols=True)
     try:
-        scorers = [(name, HFBackend(scoring, generate=False)) for name, scoring in seconds]
+        scorers = [(name, HFBackend(scoring, generate=False)) for name, scoring in inputs.seconds]
         with backend.awake():
-            for idx, experiences in sampled_chunks(backend, chunks, prompts, labels, keys, n):
+            for idx, experiences in sampled_chunks(backend, chunks, prompts.prompts, prompts.labels, prompts.keys, n):
                 backend.score(experiences)
                 check_rewards(experiences, args, "a response of the policy under evaluation")
                 rewards.append(penalised_rewards(experiences, args, n))
@@ -327,70 +396,124 @@ def evaluate(args, log=print) -> dict:
                 for name, scorer in scorers:
                     scorer.score(experiences)
                     check_rewards(experiences, scorer.args, "a response of the policy under evaluation")
-                    second_policy[name].append(np.array([float(e.rewards.flatten()[0]) for e in experiences]).reshape(-1, n))
+                    second[name].append(np.array([float(e.rewards.flatten()[0]) for e in experiences]).reshape(-1, n))
                 bar.update(len(idx))
     finally:
         bar.close()
         backend.close()
-    policy = np.concatenate(rewards)
+    return Sampled(backend_name(args), texts, np.concatenate(rewards),
+                   {name: np.concatenate(parts) for name, parts in second.items()}, scorers)
 
-    store_reward = reward_source(args)
-    results = {store_reward: compare(policy, baselines, prompts, args.eval.top)}
-    second_figures = {}
-    for name, scorer in scorers:
+
+def reward_figures(args, inputs: Inputs, prompts: Prompts, sampled: Sampled) -> dict:
+    """4 and 6. Per reward, `compare`'s figures: the store's reward against the stored baselines; each second reward
+    against the stored baseline responses scored with it (when the store keeps them), else alone."""
+    from tqdm import tqdm
+
+    figures = {reward_source(args): compare(sampled.rewards, prompts.baselines, prompts.prompts, args.eval.top)}
+    for name, scorer in sampled.scorers:
         base = None
-        if kept is not None:
-            bar = tqdm(total=len(keys), unit="prompt", desc=f"baselines under {Path(name).name}", dynamic_ncols=True)
-            base = kept_response_rewards(scorer, scorer.args, prompts, labels, [kept[int(k)] for k in keys], store.k,
-                                         penalise=False, bar=bar, chunk=size)
+        if inputs.kept is not None:
+            bar = tqdm(total=len(prompts.keys), unit="prompt", desc=f"baselines under {Path(name).name}", dynamic_ncols=True)
+            base = kept_response_rewards(scorer, scorer.args, prompts.prompts, prompts.labels,
+                                         [inputs.kept[int(k)] for k in prompts.keys], inputs.store.k,
+                                         penalise=False, bar=bar, chunk=args.contrastive.chunk_size)
             bar.close()
         scorer.close()
-        second_policy[name] = np.concatenate(second_policy[name])
-        second_figures[name] = compare(second_policy[name], base, prompts, args.eval.top)
+        figures[name] = compare(sampled.second[name], base, prompts.prompts, args.eval.top)
+    return figures
 
-    out = Path(args.eval.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "samples.jsonl", "w") as f:
-        for i, (prompt, label) in enumerate(zip(prompts, labels)):
-            f.write(json.dumps({"prompt": prompt, "label": label, "responses": texts[i], "rewards": policy[i].tolist(),
-                                **{f"rewards[{name}]": second_policy[name][i].tolist() for name in second_policy}}) + "\n")
-    report = {
+
+def answers_nothing(args, store: BaselineStore, prompts: list[str]) -> dict:
+    """The policy's and its SFT start's (the store's policy) empty and one-token responses sampled as served and
+    mean P(EOS first) (`backends.hf.first_tokens`), and a warning when the policy's clearly exceed the SFT's:
+    by more than DEGENERATION_MARGIN on average, with a 95% interval over prompts above 0."""
+    from openrlhf_contrastive.backends.hf import first_tokens
+
+    n, seed = args.eval.n, args.train.seed + EVAL_SEED_OFFSET
+    policy = first_tokens(args, args.actor.model_name_or_path, prompts, n, seed, args.contrastive.chunk_size)
+    sft_path = store.fingerprint.get("info", {}).get("policy_path")
+    sft, note = None, None
+    try:
+        sft = first_tokens(args, sft_path, prompts, n, seed, args.contrastive.chunk_size) if sft_path else None
+    except OSError as e:  # moved, deleted, or a hub id this machine cannot reach
+        note = f"the store's SFT policy {sft_path} could not be loaded here ({e}); the policy is shown alone"
+    means = lambda figures: {name: float(values.mean()) for name, values in figures.items()}
+    result = {"samples_per_prompt": n, "policy": means(policy), "sft_path": sft_path,
+              "sft": means(sft) if sft else None, "note": note, "warning": None}
+    if sft:
+        clearly = {name: interval(policy[name] - sft[name])[0] > 0 and policy[name].mean() - sft[name].mean() > DEGENERATION_MARGIN
+                   for name in ("p_eos_first", "empty")}
+        if any(clearly.values()):
+            result["warning"] = degeneration_warning(result)
+    return result
+
+
+def degeneration_warning(figures: dict) -> str:
+    """What / why / fix of a policy that answers with nothing more often than its SFT start."""
+    p, s = figures["policy"], figures["sft"]
+    return (
+        f"the policy ends its response at the first token far more often than its SFT start: P(EOS first) "
+        f"{p['p_eos_first']:.3f} against {s['p_eos_first']:.3f}; empty responses {p['empty']:.1%} against "
+        f"{s['empty']:.1%} when sampled as served (no minimum length). OpenRLHF 0.11.2 samples rollouts with vLLM "
+        "min_tokens=1, so an empty response is never sampled, scored or penalised in training and probability moves "
+        "onto it unseen; the reward figures above were sampled the same way and do not show it. Served without that "
+        "mask, this policy answers with nothing that often. Fix: evaluate an earlier checkpoint, serve with "
+        "min_tokens=1, or train with a critic (--algo.advantage.estimator gae) or a larger KL coefficient "
+        "(critic-free runs moved up to 95% of the first token's probability onto EOS in the evidence runs)."
+    )
+
+
+def assemble(args, inputs: Inputs, prompts: Prompts, sampled: Sampled, rewards: dict, degeneration: dict, out: Path) -> dict:
+    """What evaluation.json holds (the judge's figures are added by step 5)."""
+    store_reward = reward_source(args)
+    return {
         "policy": args.actor.model_name_or_path,
-        "store": str(store.path),
-        "k": store.k,
-        "n": n,
-        "backend": backend_name,
-        "prompts": {"given": len(all_prompts), "unique": len(hit), "evaluated": len(keys), "missing": len(missing),
-                    "missing_prompts": missing},
-        "fingerprint_differences": fingerprint_diffs,
+        "store": str(inputs.store.path),
+        "k": inputs.store.k,
+        "n": args.eval.n,
+        "backend": sampled.backend,
+        "prompts": {"given": prompts.given, "unique": prompts.unique, "evaluated": len(prompts.keys),
+                    "missing": len(prompts.missing), "missing_prompts": prompts.missing},
+        "fingerprint_differences": inputs.fingerprint_diffs,
         "store_reward": store_reward,
-        "rewards": {store_reward: results[store_reward], **second_figures},
-        "second_rewards": list(second_figures),
+        "rewards": rewards,
+        "second_rewards": [name for name, _ in inputs.seconds],
+        "degeneration": degeneration,
         "judge": None,
         "output": {"json": str(out / "evaluation.json"), "png": str(out / "evaluation.png"), "samples": str(out / "samples.jsonl")},
     }
 
-    # 5. judge: last, after the reward figures are on disk (a judge failing here loses none of them)
-    write(report, out)
-    if judge:
-        bar = tqdm(total=len(keys) * n, unit="pair", desc="judge", dynamic_ncols=True)
-        try:
-            wins = judge_win_rates(judge, args.eval.judge, prompts, texts, [kept[int(k)] for k in keys], bar)
-        except InputError as e:
-            raise InputError(f"{e}\nThe reward figures and the policy's responses are already written: "
-                             f"{report['output']['json']}, {report['output']['samples']}.") from None
-        finally:
-            bar.close()
-        report["judge"] = {
-            "file": args.eval.judge, "pairs": len(keys) * n, "win_rate": float(wins.mean()),
-            "win_rate_interval": interval(wins, 0.0, 1.0), "positions": "policy is response a on every other pair",
-            "per_prompt": [{"prompt": p, "win_rate": float(w)} for p, w in zip(prompts, wins)],
-        }
-        write(report, out)
 
-    # 6. report
-    log(describe(report))
-    return report
+def write_samples(out: Path, prompts: Prompts, sampled: Sampled) -> None:
+    """samples.jsonl: per prompt the policy's responses and their rewards under every reward."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "samples.jsonl", "w") as f:
+        for i, (prompt, label) in enumerate(zip(prompts.prompts, prompts.labels)):
+            f.write(json.dumps({"prompt": prompt, "label": label, "responses": sampled.texts[i],
+                                "rewards": sampled.rewards[i].tolist(),
+                                **{f"rewards[{name}]": sampled.second[name][i].tolist() for name in sampled.second}}) + "\n")
+
+
+def judge_figures(args, inputs: Inputs, prompts: Prompts, sampled: Sampled, report: dict) -> dict:
+    """5. The judge's win rate of the policy's responses against the stored SFT responses."""
+    from tqdm import tqdm
+
+    pairs = len(prompts.keys) * args.eval.n
+    bar = tqdm(total=pairs, unit="pair", desc="judge", dynamic_ncols=True)
+    try:
+        wins = judge_win_rates(inputs.judge, args.eval.judge, prompts.prompts, sampled.texts,
+                               [inputs.kept[int(k)] for k in prompts.keys], bar)
+    except InputError as e:
+        raise InputError(f"{e}\nThe reward figures and the policy's responses are already written: "
+                         f"{report['output']['json']}, {report['output']['samples']}.") from None
+    finally:
+        bar.close()
+    return {
+        "file": args.eval.judge, "pairs": pairs, "win_rate": float(wins.mean()),
+        "win_rate_interval": interval(wins, 0.0, 1.0), "positions": "policy is response a on every other pair",
+        "per_prompt": [{"prompt": p, "win_rate": float(w)} for p, w in zip(prompts.prompts, wins)],
+    }
 
 
 def write(report: dict, out: Path) -> None:
@@ -439,9 +562,22 @@ def describe(report: dict) -> str:
         lo, hi = j["win_rate_interval"]
         lines.append(f"  judge {j['file']}: policy preferred to the SFT response {j['win_rate']:.3f} [95% over prompts: "
                      f"{lo:.3f}, {hi:.3f}] over {j['pairs']} pairs ({j['positions']})")
+    lines += degeneration_lines(report["degeneration"])
     o = report["output"]
     lines.append(f"  written: {o['json']}, {o['png']}, {o['samples']}")
     return "\n".join(lines)
+
+
+def degeneration_lines(d: dict) -> list[str]:
+    """`describe`'s lines on empty responses (`answers_nothing`)."""
+    row = lambda who, f: (f"    {who}: empty {f['empty']:.1%}, one token {f['one_token']:.1%}, mean P(EOS first) "
+                          f"{f['p_eos_first']:.3f}")
+    lines = [f"  answering with nothing, sampled as served ({d['samples_per_prompt']} per prompt, EOS allowed first):",
+             row("policy", d["policy"])]
+    lines.append(row(f"SFT start {d['sft_path']}", d["sft"]) if d["sft"] else f"    {d['note'] or 'no SFT start in the store'}")
+    if d["warning"]:
+        lines.append(f"  WARNING: {d['warning']}")
+    return lines
 
 
 def plot(report: dict, png: Path) -> None:

@@ -5,6 +5,9 @@ so a chunk redone after a crash produces exactly the same responses. Prompts are
 OpenRLHF's `SingleTurnAgentExecutor` does; the reward comes from `get_llm_for_sequence_regression(..., "reward",
 normalize_reward=--reward.normalize_enable)` (as `RewardModelActor` builds it) or, with --reward.remote_url, from
 OpenRLHF's executor's own reward-function / HTTP calls on the decoded query.
+
+`first_tokens` is `evaluate`'s check for a policy that learned to answer nothing: responses sampled as served
+(EOS allowed at the first position, unlike OpenRLHF's rollouts and this backend's baselines) and P(EOS first).
 """
 
 from __future__ import annotations
@@ -74,27 +77,12 @@ class HFBackend:
         from openrlhf.trainer.ppo_utils.experience import Experience
 
         args, tok = self.args, self.tokenizer
-        max_len, max_new = args.data.max_len, args.rollout.max_new_tokens
-        prompt_ids = []
-        for prompt in prompts:  # tokenized and truncated as SingleTurnAgentExecutor.execute does
-            ids = tok(text=prompt, add_special_tokens=False)["input_ids"]
-            budget = max_new if max_new is not None else max(1, max_len - len(ids))
-            prompt_ids.append(ids[-(max_len - budget) :] if len(ids) > max_len - budget else ids)
-        width = max(len(ids) for ids in prompt_ids)
-        new_tokens = max_new if max_new is not None else max(1, max_len - width)
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids], device=self.device)
-        attention_mask = (torch.arange(width, device=self.device)[None, :] >= torch.tensor(
-            [width - len(ids) for ids in prompt_ids], device=self.device)[:, None]).long()
-        temperature = baseline_temperature(args)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=args.rollout.top_p) if temperature > 0 else dict(do_sample=False)
+        max_len = args.data.max_len
+        prompt_ids = prompt_token_ids(tok, prompts, args)
         torch.manual_seed(int(args.train.seed) + chunk_index)  # TRY NOT TO MODIFY: seeding makes resume exact
-        out = self.policy.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens, min_new_tokens=1,
-            num_return_sequences=k, pad_token_id=pad, eos_token_id=tok.eos_token_id, **sampling,
-        )
+        out = generate(self.policy, tok, prompt_ids, args, k, self.device, min_new_tokens=1)
         experiences = []
-        for row, sequence in enumerate(out[:, width:].tolist()):
+        for row, sequence in enumerate(out.tolist()):
             i = row // k
             eos = sequence.index(tok.eos_token_id) if tok.eos_token_id in sequence else None
             response = sequence if eos is None else sequence[: eos + 1]
@@ -166,3 +154,67 @@ class HFBackend:
 
     def close(self) -> None:
         self.policy = self.reward_model = None
+
+
+def prompt_token_ids(tokenizer, prompts, args) -> list[list[int]]:
+    """Each prompt tokenized and truncated as OpenRLHF's SingleTurnAgentExecutor.execute does."""
+    max_len, max_new = args.data.max_len, args.rollout.max_new_tokens
+    out = []
+    for prompt in prompts:
+        ids = tokenizer(text=prompt, add_special_tokens=False)["input_ids"]
+        budget = max_new if max_new is not None else max(1, max_len - len(ids))
+        out.append(ids[-(max_len - budget) :] if len(ids) > max_len - budget else ids)
+    return out
+
+
+def generate(model, tokenizer, prompt_ids, args, n: int, device, min_new_tokens: int, max_new_tokens: int | None = None):
+    """`n` responses per prompt (left-padded batch, the baselines' sampling settings of `args`), prompt-major: the
+    generated tokens after the padded prompts (`generate`'s output minus the prompt columns)."""
+    width = max(len(ids) for ids in prompt_ids)
+    new_tokens = args.rollout.max_new_tokens if args.rollout.max_new_tokens is not None else max(1, args.data.max_len - width)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids], device=device)
+    attention_mask = (torch.arange(width, device=device)[None, :] >= torch.tensor(
+        [width - len(ids) for ids in prompt_ids], device=device)[:, None]).long()
+    temperature = baseline_temperature(args)
+    sampling = dict(do_sample=True, temperature=temperature, top_p=args.rollout.top_p) if temperature > 0 else dict(do_sample=False)
+    out = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=min(new_tokens, max_new_tokens or new_tokens),
+        min_new_tokens=min_new_tokens, num_return_sequences=n, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+        **sampling,
+    )
+    return out[:, width:]
+
+
+@torch.no_grad()
+def first_tokens(args, model_path: str, prompts: list[str], n: int, seed: int, chunk: int = 64, device: str | None = None) -> dict:
+    """How often the model at `model_path` answers `prompts` with nothing, as it would be served.
+
+    Per prompt: `p_eos_first`, the probability of the end-of-sequence token at the first response position (one
+    forward pass of the prompt tokens, as OpenRLHF tokenizes them); `empty` and `one_token`, the shares of `n`
+    responses sampled with the baselines' settings and no minimum length (EOS allowed first; OpenRLHF's rollouts
+    and the baselines use min_tokens=1) that end at the first or the second token. Seeded per chunk from `seed`.
+    Returns numpy arrays (P,).
+    """
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from openrlhf.utils.utils import get_tokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+    tok = get_tokenizer(model_path, model, "left", None, use_fast=not args.data.disable_fast_tokenizer)
+    eos = tok.eos_token_id
+    prompt_ids = prompt_token_ids(tok, prompts, args)
+    p_eos = [float(model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float().softmax(-1)[eos])
+             for ids in prompt_ids]
+    empty, one_token = [], []
+    for index, start in enumerate(range(0, len(prompt_ids), chunk)):
+        torch.manual_seed(seed + index)
+        out = generate(model, tok, prompt_ids[start : start + chunk], args, n, device, min_new_tokens=0, max_new_tokens=2)
+        first = out[:, 0] == eos
+        second = out[:, 1] == eos if out.shape[1] > 1 else torch.zeros_like(first)
+        empty += first.reshape(-1, n).double().mean(1).tolist()
+        one_token += (~first & second).reshape(-1, n).double().mean(1).tolist()
+    return {"p_eos_first": np.array(p_eos), "empty": np.array(empty), "one_token": np.array(one_token)}

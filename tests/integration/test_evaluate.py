@@ -61,9 +61,10 @@ def judge(prompts, responses_a, responses_b):
 '''
 
 
-def build_better_policy(out_dir):
-    """The tiny SFT architecture made to write '!' at every step: attention and MLP outputs zeroed, so the last
-    hidden state is the token embedding, set to one constant direction that only the '!' row of lm_head reads."""
+def build_constant_policy(out_dir, token=None, logit=50.0):
+    """The tiny SFT architecture made to write one token at every step: attention and MLP outputs zeroed, so the
+    last hidden state is the token embedding, set to one constant direction that only that token's row of lm_head
+    reads (`token`: a token string, None for the end-of-sequence token)."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -71,7 +72,8 @@ def build_better_policy(out_dir):
 
     build_policy(out_dir)
     model = LlamaForCausalLM.from_pretrained(str(out_dir))
-    bang = AutoTokenizer.from_pretrained(str(out_dir)).convert_tokens_to_ids("!")
+    tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
+    row = tokenizer.eos_token_id if token is None else tokenizer.convert_tokens_to_ids(token)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
@@ -79,9 +81,14 @@ def build_better_policy(out_dir):
         model.model.embed_tokens.weight.zero_()
         model.model.embed_tokens.weight[:, 0] = 1.0
         model.lm_head.weight.zero_()
-        model.lm_head.weight[bang, 0] = 50.0
+        model.lm_head.weight[row, 0] = logit
     model.save_pretrained(str(out_dir))
     return out_dir
+
+
+def build_better_policy(out_dir):
+    """A policy that writes '!' at every step: under the store's reward it beats every SFT baseline."""
+    return build_constant_policy(out_dir, "!")
 
 
 @pytest.fixture(scope="module")
@@ -389,3 +396,26 @@ def test_evaluate_through_the_openrlhf_backend_on_vllm_cpu(env, tmp_path, monkey
     assert {r for s in samples for r in s["responses"]} == {"!" * 8}
     for s in samples:  # the rollout actor's rewards are the reward file's of the written texts
         assert s["rewards"] == pytest.approx([reward_of(env["tmp"] / "reward.py", s["prompt"], r) for r in s["responses"]], abs=1e-6)
+
+
+def test_a_policy_that_answers_with_nothing_is_flagged(env, tmp_path, capsys):
+    """P(EOS first) made high (EOS's lm_head row alone reads the constant hidden state): sampled as OpenRLHF samples
+    (EOS masked first) it still answers, so its reward figures look normal; sampled as served it answers nothing."""
+    report = evaluate(env, tmp_path / "out", policy=build_constant_policy(tmp_path / "silent", None))
+    d = report["degeneration"]
+    assert d["samples_per_prompt"] == 4 and d["sft_path"] == str(env["sft"])
+    assert d["policy"]["p_eos_first"] > 0.99 and d["policy"]["empty"] == 1.0 and d["policy"]["one_token"] == 0.0
+    assert d["sft"]["p_eos_first"] < 0.05 and d["sft"]["empty"] < 0.2
+    assert "ends its response at the first token far more often than its SFT start" in d["warning"]
+    assert "min_tokens=1" in d["warning"] and "Fix:" in d["warning"]
+    samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert all(r != "" for s in samples for r in s["responses"])  # step 3 samples as training does: never empty
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["degeneration"] == d
+    out = capsys.readouterr().out
+    assert "WARNING: the policy ends its response at the first token" in out and "answering with nothing" in out
+
+
+def test_the_sft_policy_is_not_flagged(env, tmp_path):
+    report = evaluate(env, tmp_path / "out", "--data.max_samples", "4")
+    d = report["degeneration"]
+    assert d["warning"] is None and d["policy"] == d["sft"]  # the same model, prompts and seeds
