@@ -4,7 +4,7 @@ inputs the suite pins (tests/README.md lists what it assumes of a machine), GPU 
 openrlhf's wheel installs a top-level `tests` package, so this folder is never imported as `tests`
 (pytest runs with --import-mode=importlib and there is no tests/__init__.py). pytest's own `pythonpath`
 setting (pyproject.toml) puts tests/support (the flash_attn stand-in, the vLLM plugin vllm_cpu_engine_guard) and
-cpu_training/ (for openrlhf_cli.py, the real train_ppo_ray argument handling) on this process's path.
+lab/cpu_training/ (for openrlhf_cli.py, the real train_ppo_ray argument handling) on this process's path.
 
 Everything set here is set at import, before any test starts Ray, vLLM or a subprocess, so all of them inherit it.
 """

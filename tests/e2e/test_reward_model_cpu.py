@@ -1,7 +1,7 @@
 """The reward-model path on a CPU machine, from OpenRLHF's own `train_rm` to PPO, `sample`, `evaluate`, `rescore`.
 
 A tiny policy (openrlhf_contrastive.demo.tiny) is the base; `python -m openrlhf.cli.train_rm` trains a reward
-model from it on pairs made here, through the TEST-ONLY device choice of cpu_training/ (cpu_training/train_rm.py:
+model from it on pairs made here, through the TEST-ONLY device choice of lab/cpu_training/ (lab/cpu_training/train_rm.py:
 one process, gloo). In every pair the chosen response is the rejected one plus a closing "thank you": a feature
 the reward model can learn in a few steps, and that a model which has not learned it cannot separate by more
 than its random head's noise.
@@ -9,7 +9,7 @@ than its random head's noise.
 Checked: the checkpoint loads through OpenRLHF's get_llm_for_sequence_regression, separates chosen from rejected
 on the training pairs (the base with a fresh head, as train_rm starts, does not), and carries the normalisation
 statistics train_rm computes on its evaluation pairs. Then, with that reward model (`--reward.model_name_or_path`)
-and the real train_ppo_ray through cpu_training/launch.py (cpu_runs.py, shared with test_train_ppo_ray_cpu.py):
+and the real train_ppo_ray through lab/cpu_training/launch.py (cpu_runs.py, shared with test_train_ppo_ray_cpu.py):
 
     raw            no --reward_fn
     first          --reward_fn contrastive, no store: the in-job stage scores the baselines through the trainer's
@@ -23,7 +23,7 @@ and the real train_ppo_ray through cpu_training/launch.py (cpu_runs.py, shared w
 
 Baselines are sampled at a near-greedy temperature (GREEDY), so that two stages write the same responses and
 their rewards can be compared one by one. Without --reward.normalize_enable: with openrlhf 0.11.2's transformers
-5.15 the reward model's mean/std buffers come back uninitialised (cpu_training/README.md); the store's refusal of
+5.15 the reward model's mean/std buffers come back uninitialised (lab/cpu_training/README.md); the store's refusal of
 the other normalisation is tested at parse time (tests/integration/test_reward_model_store.py).
 """
 

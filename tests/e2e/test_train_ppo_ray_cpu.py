@@ -2,8 +2,8 @@
 
 Three runs of OpenRLHF's own PPO (Ray with logical GPUs, a vLLM CPU engine, DeepSpeed on gloo, the `gae`
 estimator with a critic, a reference model, a reward-function file, four PPO steps, weight sync to vLLM) on tiny
-models built here, through the TEST-ONLY device choice of the top-level cpu_training/ (cuda -> cpu, nccl -> gloo;
-see cpu_training/cpu_device.py):
+models built here, through the TEST-ONLY device choice of the top-level lab/cpu_training/ (cuda -> cpu, nccl -> gloo;
+see lab/cpu_training/cpu_device.py):
 
     raw            no --reward_fn
     first          --reward_fn contrastive, no store yet: the in-job stage writes it, then PPO trains

@@ -1,4 +1,4 @@
-"""cpu_training/ (the test-only device choice) keeps vLLM's CPU weights updatable on every x86 CPU.
+"""lab/cpu_training/ (the test-only device choice) keeps vLLM's CPU weights updatable on every x86 CPU.
 
 vLLM's CPU backend picks its GEMM kernel by instruction set. On AMX or AVX-512 BF16 CPUs its fast kernels drop
 each linear layer's `weight` Parameter, and OpenRLHF's weight sync then fails ("'Parameter' object has no

@@ -1,6 +1,6 @@
 """Every launch script in examples/ parses with the parser that will run it, so no example rots.
 
-train_ppo_ray commands go through the real, patched train_ppo_ray argument handling (cpu_training/openrlhf_cli.py:
+train_ppo_ray commands go through the real, patched train_ppo_ray argument handling (lab/cpu_training/openrlhf_cli.py:
 parse, validate, the plugin's check_args, stop at get_strategy); `openrlhf-contrastive sample` commands through
 the stage's parser, `openrlhf-contrastive demo` through the demo's, all strictly (an unknown flag fails).
 """
@@ -17,7 +17,8 @@ from openrlhf_cli import parse_train_args
 pytestmark = pytest.mark.integration
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.sh"))
-COMMANDS = ("python3 -m openrlhf.cli.train_ppo_ray", "openrlhf-contrastive sample", "openrlhf-contrastive demo")
+COMMANDS = ("python3 -m openrlhf.cli.train_ppo_ray", "openrlhf-contrastive sample", "openrlhf-contrastive demo",
+            "python -m lab.demo")
 
 
 def commands(script: Path) -> list[tuple[str, list[str]]]:
@@ -57,6 +58,10 @@ def test_example_flags_parse(script, tmp_path, monkeypatch):
 
             args = build_parser().parse_args(argv)
             assert getattr(args, "contrastive.baseline_path")
+        elif command.endswith("lab.demo"):  # the clone's demo: the package's flags and the training part's
+            from lab.demo import build_parser
+
+            build_parser().parse_args(argv)
         else:
             from openrlhf_contrastive.demo.run import build_parser
 

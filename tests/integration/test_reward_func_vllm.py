@@ -45,7 +45,7 @@ def test_contrastive_reward_through_openrlhfs_rollout_actor(tmp_path):
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": os.environ["PYTHONPATH"],
         "CONTRASTIVE_BASE_REWARD": str(base), "CONTRASTIVE_BASELINE_PATH": str(tmp_path / "store"),
     }
-    from ray_start import init_ray  # cpu_training/
+    from ray_start import init_ray  # lab/cpu_training/
 
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     init_ray(num_cpus=2, num_gpus=1, include_dashboard=False, runtime_env={"env_vars": env})

@@ -60,7 +60,7 @@ def small_busy_node(monkeypatch):
     monkeypatch.setenv("OPENRLHF_CONTRASTIVE_TEST_MEMORY_NODE", SMALL_BUSY_NODE)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": os.environ["PYTHONPATH"]}
-    from ray_start import init_ray  # cpu_training/
+    from ray_start import init_ray  # lab/cpu_training/
 
     yield lambda: init_ray(num_cpus=2, num_gpus=1, include_dashboard=False, runtime_env={"env_vars": env})
     ray.shutdown()
