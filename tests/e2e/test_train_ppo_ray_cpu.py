@@ -51,7 +51,7 @@ def runs(tmp_path_factory):
     # As in OpenRLHF's agent examples, an agent replaces the reward flags.
     agent = launch(work, "agent", [], contrastive_flags(work / "agent_baselines") + ["--train.agent_func_path", str(AGENT_FILE)])
     return {"raw": raw, "first": first, "second": second, "store": store, "stored": stored, "agent": agent,
-            "agent_store": work / "agent_baselines"}
+            "agent_store": work / "agent_baselines", "work": work}
 
 
 def test_contrastive_metrics_reach_tensorboard(runs):
@@ -67,6 +67,25 @@ def test_contrastive_metrics_reach_tensorboard(runs):
                 scalars["train/reward"][step] - scalars["train/contrastive/baseline"][step], abs=ATOL
             )
     assert not any(tag.startswith("train/contrastive/") for tag in runs["raw"])
+
+
+def test_stage_summary_diagnosis_and_coverage_reach_train_ppo_rays_output(runs):
+    """At OpenRLHF's default log level: the in-job stage's summary and the store's diagnosis (first run), the
+    diagnosis and the coverage (both runs); the predicted spread ratio logged every step. One rollout per step: r
+    does not vary within a batch, so the measured ratio is not logged."""
+    from openrlhf_contrastive.diagnose import diagnose
+    from openrlhf_contrastive.store import BaselineStore
+
+    diagnosis = diagnose(BaselineStore.load(runs["store"]).rewards)
+    for name in ("first", "second"):
+        log = (runs["work"] / name / "train.log").read_text(errors="replace")
+        assert f"will it help? {diagnosis.verdict}" in log, name
+        assert f"covers {len(QUESTIONS)} of {len(QUESTIONS)} training prompts" in log, name
+        for step in STEPS:
+            assert runs[name]["train/contrastive/spread_ratio_predicted"][step] == pytest.approx(diagnosis.predicted_ratio, abs=ATOL)
+        assert "train/contrastive/spread_ratio" not in runs[name]
+    first = (runs["work"] / "first" / "train.log").read_text(errors="replace")
+    assert f"{len(QUESTIONS)} prompts x k={K} ({len(QUESTIONS)} sampled now, 0 already stored" in first
 
 
 def test_in_job_stage_wrote_the_store(runs):
