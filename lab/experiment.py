@@ -42,12 +42,13 @@ def settings(cfg: dict, smoke: bool, arms: list[str] | None = None, seeds: list[
     """The effective settings: the (arm, seed) runs in the order they run, and the sizes (smoke overrides)."""
     s = {"seeds": list(cfg["seeds"]), "num_episodes": cfg["ppo"]["num_episodes"],
          "n_train": cfg["task"]["n_train_prompts"], "n_heldout": cfg["task"]["n_heldout_prompts"],
-         "n_train_eval": cfg["eval"]["n_train_prompts"], "rm_epochs": cfg["rm"]["max_epochs"]}
+         "n_train_eval": cfg["eval"]["n_train_prompts"], "rm_epochs": cfg["rm"]["max_epochs"],
+         "rm_backbone_steps": None}
     if smoke:
         sm = cfg["smoke"]
         s.update(seeds=sm["seeds"], num_episodes=sm["num_episodes"], n_train=sm["n_train_prompts"],
                  n_heldout=sm["n_heldout_prompts"], n_train_eval=sm["n_train_eval_prompts"],
-                 rm_epochs=sm["rm_max_epochs"])
+                 rm_epochs=sm["rm_max_epochs"], rm_backbone_steps=sm.get("rm_backbone_steps"))
     s["arms"] = arms or (cfg["smoke"]["arms"] if smoke else list(cfg["arms"]))
     if seeds:
         s["seeds"] = seeds
@@ -256,9 +257,7 @@ def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_
 
 
 # ------------------------------------------------------------------------------------------------------ main
-def main(name: str, config: Path, results: Path, analyze, argv: list[str] | None = None, doc: str = __doc__) -> None:
-    """The entry of an experiment named `name`: its committed `config`, where its full results go (`results`, the
-    experiment's folder, with its archive in results/runs), and its `analyze(work, results_dir, cfg, s, archive)`."""
+def parse_args(name: str, config: Path, results: Path, argv: list[str] | None, doc: str) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="a short RM, one arm, one seed, one short episode")
     ap.add_argument("--out", type=Path, default=None, help=f"work directory (default .cache/{name}/full or /smoke)")
@@ -275,26 +274,34 @@ def main(name: str, config: Path, results: Path, analyze, argv: list[str] | None
     ap.add_argument("--seeds", nargs="*", type=int, default=None, help="only these seeds (pilots)")
     ap.add_argument("--analyze-only", action="store_true", help="only the analysis of the runs finished so far")
     args = ap.parse_args(argv)
+    args.config = args.config.resolve()
+    args.out = (args.out or harness.REPO / ".cache" / name / ("smoke" if args.smoke else "full")).resolve()
+    full = not (args.smoke or args.arms or args.seeds or args.config != config.resolve())
+    args.results = (args.results or (results if full else args.out)).resolve()
+    archive = args.archive or (results / "runs" if full else None)
+    args.archive = archive and archive.resolve()
+    return args
+
+
+def main(name: str, config: Path, results: Path, analyze, argv: list[str] | None = None, doc: str = __doc__) -> None:
+    """The entry of an experiment named `name`: its committed `config`, where its full results go (`results`, the
+    experiment's folder, with its archive in results/runs), and its `analyze(work, results_dir, cfg, s, archive)`."""
+    args = parse_args(name, config, results, argv, doc)
     # One thread per process: on a shared 2-core machine, spinning OpenMP threads of train_rm and the evaluation
     # slow everything down (train_rm measured 2.6 s/step with 1 thread against 7-10 s/step with 2).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    config_file = args.config.resolve()
-    cfg = testbed.load_config(config_file)
+    cfg = testbed.load_config(args.config)
     s = settings(cfg, args.smoke, args.arms, args.seeds)
-    work = (args.out or harness.REPO / ".cache" / name / ("smoke" if args.smoke else "full")).resolve()
-    full = not (args.smoke or args.arms or args.seeds or args.config != config)
-    results_dir = (args.results or (results if full else work)).resolve()
-    archive = (args.archive or (results / "runs" if full else None))
-    archive = archive and archive.resolve()
+    work = args.out
     if args.analyze_only:
-        analyze(work, results_dir, cfg, s, archive)
+        analyze(work, args.results, cfg, s, args.archive)
         return
     t0 = time.time()
     log(f"work {work}; runs {s['runs']}")
     data = prepare(cfg, s["n_train"], s["n_heldout"], work)
     package, commit = harness.snapshot_package(work)
     log(f"plugin code frozen at commit {commit} ({package})")
-    env = harness.run_env(package, EVIDENCE_CONFIG=str(config_file))
+    env = harness.run_env(package, EVIDENCE_CONFIG=str(args.config))
     rm_dirs = {rm: reward_models.build(cfg, s, work, rm, data["train"], data["heldout"], env=env, log=log)
                for rm in s["reward_models"]}
     rng_words = reward_models.train_eval_words(data["train"], s["n_train_eval"], cfg["eval"]["seed"])
@@ -302,9 +309,9 @@ def main(name: str, config: Path, results: Path, analyze, argv: list[str] | None
             "train": sft_samples(cfg, work, rng_words, "sft_train_eval")}
     failed = []
     for arm, seed in s["runs"]:
-        if one_run(cfg, s, arm, seed, work, sets, rm_dirs, env, archive, args.keep_checkpoints) is None:
+        if one_run(cfg, s, arm, seed, work, sets, rm_dirs, env, args.archive, args.keep_checkpoints) is None:
             failed.append((arm, seed))
-        analyze(work, results_dir, cfg, s, archive)
-    log(f"finished in {time.time() - t0:.0f} s; failed runs: {failed or 'none'}; results in {results_dir}")
+        analyze(work, args.results, cfg, s, args.archive)
+    log(f"finished in {time.time() - t0:.0f} s; failed runs: {failed or 'none'}; results in {args.results}")
     if failed:
         raise SystemExit(1)
