@@ -108,7 +108,7 @@ class ContrastiveReward:
         if staged:
             stage.run_in_job(trainer, fingerprint=expected)  # logs its summary and the diagnosis
             store = None  # loaded below, with what the stage added
-        self.accept(store or BaselineStore.load(path), expected, args)
+        self.accept(store if store is not None else BaselineStore.load(path), expected, args)
         if not staged:
             for line in diagnose(self.store.rewards).lines():
                 stage.in_job_log(line)

@@ -44,7 +44,8 @@ def test_the_cpu_commands_and_the_install_lines_are_there():
 
 def test_every_metric_the_plugin_logs_is_documented():
     metrics = section("Metrics")
-    for key in (flags.METRIC_BASELINE, flags.METRIC_RAW_REWARD, flags.METRIC_REWARD, flags.METRIC_BEAT_BASELINE, flags.METRIC_HIT):
+    for key in (flags.METRIC_BASELINE, flags.METRIC_RAW_REWARD, flags.METRIC_REWARD, flags.METRIC_BEAT_BASELINE, flags.METRIC_HIT,
+                flags.METRIC_SPREAD_RATIO, flags.METRIC_SPREAD_RATIO_PREDICTED):
         assert f"`train/{key}`" in metrics
 
 
