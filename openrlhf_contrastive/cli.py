@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             "usage: openrlhf-contrastive {" + ",".join(COMMANDS) + "} ...\n"
             "  patch    add the --reward_fn extension point to the installed openrlhf (--check, --revert)\n"
             "  sample   the offline stage: k baseline rewards per prompt into --contrastive.baseline_path\n"
-            "  inspect  summarise a baseline store (prompts, k, provenance, baselines, coverage) and write a PNG\n"
+            "  inspect  summarise a baseline store (prompts, k, provenance, baselines, will it help?, coverage); a PNG\n"
             "  demo     the CPU end-to-end demo: baselines on vLLM, fresh rollouts, r and r - b, a report\n"
             "  evaluate a policy (e.g. a PPO checkpoint) against the store's SFT baselines: win rates, second rewards, a judge\n"
             "  rescore  score a store's kept responses with another reward into a new store (no generation)",

@@ -17,8 +17,8 @@ Var(r - b) = S (1 + 1/k), so the spread of r - b relative to that of r is
 below 1 (the baseline removes more variance than it adds) exactly when V > S / k, i.e. ICC > 1 / (k + 1). It
 is reported for the store's k and for k = 2, 4, 8, 16; no k brings it below sqrt(1 - ICC).
 
-Intervals: 95% percentile bootstrap over prompts (prompts resampled with replacement, `RESAMPLES` times, fixed
-seed, from the prompts in a canonical order so that any order of the same store gives the same numbers); the
+Intervals: 95% percentile bootstrap over prompts (prompts resampled with replacement, `RESAMPLES` times, or fewer
+for stores of over 50 000 prompts, down to `MIN_RESAMPLES`, so that a million prompts take seconds; fixed seed, from the prompts in a canonical order so that any order of the same store gives the same numbers); the
 ratio's interval is the ICC's mapped through ratio(k) (decreasing in ICC).
 
 Model-free check on the same store (leave-one-out): each stored reward against the mean of its k - 1 siblings,
@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 RESAMPLES = 1000
+MIN_RESAMPLES = 100
+RESAMPLED_CELLS = 50_000_000  # prompts x resamples at most (about a second): large stores get fewer resamples
 SEED = 0
 K_SHOWN = (2, 4, 8, 16)
 _BOOTSTRAP_CELLS = 4_000_000  # prompts x resamples gathered at once (memory bound for large stores)
@@ -196,6 +198,7 @@ def diagnose(rewards: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) 
     if reason:
         return Diagnosis(prompts=n, k=k, available=False, verdict=reason, resamples=resamples, seed=seed)
     d = decompose(rewards)
+    resamples = min(resamples, max(MIN_RESAMPLES, RESAMPLED_CELLS // n))
     means, variances = rewards.mean(axis=1), rewards.var(axis=1, ddof=1)
     order = np.lexsort((variances, means))  # the same intervals whatever the order of the prompts
     ci = _bootstrap(means[order], variances[order], k, resamples, seed)

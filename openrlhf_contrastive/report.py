@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="openrlhf-contrastive inspect",
-        description="Summarise a baseline store (prompts, k, provenance, baseline distribution, coverage) and write a PNG report.",
+        description="Summarise a baseline store (prompts, k, provenance, baseline distribution, whether a per-prompt "
+        "baseline can help this reward: the variance decomposition, coverage) and write a PNG report.",
     )
     parser.add_argument("store", help="the baseline store directory (--contrastive.baseline_path)")
     parser.add_argument("--rollouts", help='JSON lines of scored rollouts {"prompt", "label"?, "reward"}: adds their coverage and the spread of r and r - b')

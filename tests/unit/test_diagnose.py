@@ -116,3 +116,11 @@ def test_equal_rewards_within_every_prompt_mean_the_baseline_removes_everything(
     with np.errstate(all="raise"):
         d = diagnose.diagnose(r)
     assert d.within == 0 and d.icc == 1 and d.predicted_ratio == 0 and d.loo_ratio == 0
+
+
+def test_large_stores_get_fewer_resamples_and_say_so():
+    """prompts x resamples is capped (a million prompts take seconds): 200 000 prompts get 250 resamples."""
+    d = diagnose.diagnose(synthetic_store(0.5, 1.0, n=200_000))
+    assert d.resamples == diagnose.RESAMPLED_CELLS // 200_000 == 250 and d.to_dict()["resamples"] == 250
+    lo, hi = d.icc_interval
+    assert lo < d.icc < hi
