@@ -99,3 +99,17 @@ evidence-v2: venv
 
 evidence-v2-smoke: venv
 	PYTHONPATH=tests/support $(PY) -m benchmarks.evidence_v2.run --smoke
+
+# Evidence v3 (benchmarks/evidence_v3/README.md): a reward model worth optimising (piloted first: train_rm on noisy
+# labels from its own SFT'd backbone), then gae/reinforce/flash_reinforce/RLOO arms with and without the contrastive
+# reward, and a weaker RM with raw and cr_mean. Resumable: finished runs are skipped. Results:
+# benchmarks/evidence_v3/results.json, results_table.md, evidence_v3.png.
+.PHONY: evidence-v3 evidence-v3-smoke
+evidence-v3 evidence-v3-smoke: export VLLM_CPU_KVCACHE_SPACE ?= 1
+evidence-v3 evidence-v3-smoke: export RAY_TMPDIR ?= /tmp/ray-$(shell id -u)
+evidence-v3 evidence-v3-smoke: export VLLM_RPC_BASE_PATH ?= /tmp/ray-$(shell id -u)
+evidence-v3: venv
+	PYTHONPATH=tests/support $(PY) -m benchmarks.evidence_v3.run
+
+evidence-v3-smoke: venv
+	PYTHONPATH=tests/support $(PY) -m benchmarks.evidence_v3.run --smoke

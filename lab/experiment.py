@@ -273,6 +273,8 @@ def parse_args(name: str, config: Path, results: Path, argv: list[str] | None, d
     ap.add_argument("--arms", nargs="*", default=None, help="only these arms (pilots)")
     ap.add_argument("--seeds", nargs="*", type=int, default=None, help="only these seeds (pilots)")
     ap.add_argument("--analyze-only", action="store_true", help="only the analysis of the runs finished so far")
+    ap.add_argument("--rm-only", action="store_true",
+                    help="only the SFT policy and the arms' reward models: print their accuracies and exit (RM pilots)")
     args = ap.parse_args(argv)
     args.config = args.config.resolve()
     args.out = (args.out or harness.REPO / ".cache" / name / ("smoke" if args.smoke else "full")).resolve()
@@ -304,6 +306,11 @@ def main(name: str, config: Path, results: Path, analyze, argv: list[str] | None
     env = harness.run_env(package, EVIDENCE_CONFIG=str(args.config))
     rm_dirs = {rm: reward_models.build(cfg, s, work, rm, data["train"], data["heldout"], env=env, log=log)
                for rm in s["reward_models"]}
+    if args.rm_only:
+        for rm in s["reward_models"]:
+            print(json.dumps(json.loads((work / f"{rm}_done.json").read_text()), indent=1), flush=True)
+        log(f"reward models only: {time.time() - t0:.0f} s")
+        return
     rng_words = reward_models.train_eval_words(data["train"], s["n_train_eval"], cfg["eval"]["seed"])
     sets = {"heldout": sft_samples(cfg, work, data["heldout"], "sft_heldout"),
             "train": sft_samples(cfg, work, rng_words, "sft_train_eval")}

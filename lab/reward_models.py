@@ -6,11 +6,19 @@ flip rate f(x) = flip_rate_max * u(x), u(x) ~ U(0, 1) from a hash of the prompt 
 flipped on average, as in Coste et al. 2024); the flip of each pair is a hash too, so the data is reproducible.
 The `rm_clean` model is trained on the same pairs without flips.
 
-Training: `python -m openrlhf.cli.train_rm` on CPU through lab/cpu_training/ (lab.harness.train_reward_model) (initialised from the SFT policy, as users
-do; chat template applied, so a pair reads exactly like the rollouts PPO will score: `<|user|>w</s><|assistant|>y</s>`).
+Training: `python -m openrlhf.cli.train_rm` on CPU through lab/cpu_training/ (lab.harness.train_reward_model),
+initialised from the SFT policy, as users do, or, with an `rm.backbone` section, from a backbone of its own: the
+testbed's SFT recipe with that section's settings (larger, trained longer; the same tokenizer) built in
+work/rm_backbone, as real reward models often start from a stronger model than the policy. Chat template applied, so a
+pair reads exactly like the rollouts PPO will score: `<|user|>w</s><|assistant|>y</s>`.
 
-Accuracy: on fresh pairs (other SFT samples) of the training prompts, against clean gold labels, overall and by
-flip-rate bucket, and on fresh pairs of the held-out prompts (overall).
+Per model (`rm.models.<name>`): `noisy`, and optionally `samples_per_prompt` (every pair of the first n of the shared
+SFT samples of each prompt: a weaker model from less data) and `backbone` (null: start from the policy), which
+override the `rm` section's.
+
+Accuracy: on fresh pairs (other SFT samples: `eval_samples_per_prompt` per prompt, default `samples_per_prompt`) of
+the training prompts, against clean gold labels, overall and by flip-rate bucket, and on fresh pairs of the held-out
+prompts (overall).
 """
 
 from __future__ import annotations
@@ -63,12 +71,34 @@ def labelled_pairs(cfg: dict, words: list[str], responses: list[list[str]], nois
     return pairs
 
 
-def sft_pairs_source(cfg: dict, work: Path, words: list[str], name: str, seed: int) -> list[list[str]]:
-    """SFT samples for pairs (cached): samples_per_prompt responses per prompt."""
+def model_settings(cfg: dict, rm: str) -> dict:
+    """The `rm` section with the model's own `samples_per_prompt` and `backbone`, where it sets them."""
+    model = cfg["rm"]["models"][rm]
+    return {**cfg["rm"], **{k: model[k] for k in ("samples_per_prompt", "backbone") if k in model},
+            "noisy": model["noisy"]}
+
+
+def backbone(cfg: dict, r: dict, work: Path, steps: int | None = None, log=print) -> Path:
+    """Where a reward model starts: the SFT policy, or with a `backbone` section its own backbone, the testbed's SFT
+    recipe with that section's settings over the `sft` section's (same tokenizer), built once in work/rm_backbone
+    (`steps` overrides its training steps: the smoke run)."""
+    if not r.get("backbone"):
+        return work / "sft"
+    out = work / "rm_backbone"
+    if not (out / "sft_done.json").exists():
+        start = time.time()
+        testbed.build_sft_policy(out, {**cfg, "sft": {**cfg["sft"], **r["backbone"]}}, steps=steps, log=log)
+        log(f"RM backbone ready ({time.time() - start:.0f} s): {out}")
+    return out
+
+
+def sft_pairs_source(cfg: dict, work: Path, words: list[str], name: str, seed: int, n: int | None = None
+                     ) -> list[list[str]]:
+    """SFT samples for pairs (cached): n (default samples_per_prompt) responses per prompt."""
     path = work / f"{name}.json"
     if path.exists():
         return json.loads(path.read_text())
-    n = cfg["rm"]["samples_per_prompt"]
+    n = n or cfg["rm"]["samples_per_prompt"]
     responses = testbed.sample_responses(work / "sft", words, n, cfg["ppo"]["temperature"],
                                          cfg["ppo"]["max_new_tokens"], seed)
     path.write_text(json.dumps(responses))
@@ -131,17 +161,22 @@ def build(cfg: dict, s: dict, work: Path, rm: str, train: list[str], heldout: li
     done = work / f"{rm}_done.json"
     if done.exists():
         return out
-    noisy = cfg["rm"]["models"][rm]["noisy"]
+    r = model_settings(cfg, rm)
+    noisy = r["noisy"]
     responses = sft_pairs_source(cfg, work, train, "rm_pairs_responses", cfg["rm"]["data_seed"])
-    pairs = labelled_pairs(cfg, train, responses, noisy)
+    pairs = labelled_pairs(cfg, train, [ys[:r["samples_per_prompt"]] for ys in responses], noisy)
     data = work / f"{rm}_pairs.jsonl"
     data.write_text("".join(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for p in pairs))
-    log(f"{rm}: {len(pairs)} pairs, {sum(p['flipped'] for p in pairs)} flipped; train_rm on CPU ...")
-    seconds = train_with_openrlhf(cfg, s, data, work / "sft", out, env)
-    fresh_train = sft_pairs_source(cfg, work, train, "rm_eval_train_responses", cfg["rm"]["data_seed"] + 1)
-    fresh_heldout = sft_pairs_source(cfg, work, heldout, "rm_eval_heldout_responses", cfg["rm"]["data_seed"] + 2)
+    base = backbone(cfg, r, work, s.get("rm_backbone_steps"), log)
+    log(f"{rm}: {len(pairs)} pairs, {sum(p['flipped'] for p in pairs)} flipped; train_rm on CPU from {base.name} ...")
+    seconds = train_with_openrlhf(cfg, s, data, base, out, env)
+    n_eval = cfg["rm"].get("eval_samples_per_prompt")
+    fresh_train = sft_pairs_source(cfg, work, train, "rm_eval_train_responses", cfg["rm"]["data_seed"] + 1, n_eval)
+    fresh_heldout = sft_pairs_source(cfg, work, heldout, "rm_eval_heldout_responses", cfg["rm"]["data_seed"] + 2,
+                                     n_eval)
     info = {"rm": rm, "noisy": noisy, "pairs": len(pairs), "flipped": sum(p["flipped"] for p in pairs),
-            "train_seconds": seconds,
+            "samples_per_prompt": r["samples_per_prompt"], "backbone": base.name, "epochs": s["rm_epochs"],
+            "lr": r["lr"], "train_seconds": seconds,
             "accuracy_train_prompts_fresh_pairs": accuracy(cfg, out, train, fresh_train),
             "accuracy_heldout_prompts": accuracy(cfg, out, heldout, fresh_heldout)}
     done.write_text(json.dumps(info, indent=1))
@@ -152,7 +187,8 @@ def build(cfg: dict, s: dict, work: Path, rm: str, train: list[str], heldout: li
 
 
 def train_with_openrlhf(cfg: dict, s: dict, data: Path, sft: Path, out: Path, env: dict | None = None) -> float:
-    """OpenRLHF's train_rm on CPU (lab/cpu_training/train_rm.py) from the SFT policy; returns its wall seconds."""
+    """OpenRLHF's train_rm on CPU (lab/cpu_training/train_rm.py) from `sft` (the policy or the RM's backbone);
+    returns its wall seconds."""
     r = cfg["rm"]
     start = time.time()
     # train_rm's evaluation only gives the checkpoint its mean/std (unused: no --reward.normalize_enable); a few
