@@ -42,6 +42,7 @@ class Analysis:
     main_rm: str = "rm_noisy"  # the reward model whose stored baselines the oracle's baseline-based measures use
     plot_title: str = "PPO on a learned reward model"
 
+
 def kl_at(run: dict, step: int, window: int = 8) -> float | None:
     """train/kl (per step, noisy) as the mean over the `window` steps up to `step`."""
     kl = [v for k, v in series(run, TAG_KL) if step - window < k <= step]

@@ -79,7 +79,8 @@ def extra(work: Path, cfg: dict, summary: dict) -> tuple[dict, str]:
              "| seeds not reaching that KL |", "|---|---|---|---|---|---|"]
     for arm, a in out.items():
         steps = ", ".join(f"{seed}: {step}" for seed, step in a["peak_step"].items())
-        lines.append(f"| {arm} | {analysis.fmt(a['peak_heldout_gold'])} | {steps} | {analysis.fmt(a['gold_at_raw_peak_kl'])} "
+        lines.append(f"| {arm} | {analysis.fmt(a['peak_heldout_gold'])} | {steps} "
+                     f"| {analysis.fmt(a['gold_at_raw_peak_kl'])} "
                      f"| {analysis.fmt(a['gold_at_raw_peak_kl_minus_raw_peak'])} "
                      f"| {', '.join(map(str, a['seeds_not_reaching_raw_peak_kl'])) or '-'} |")
     return out, "\n".join(lines)

@@ -52,7 +52,8 @@ def test_a_model_may_use_fewer_samples_and_start_from_the_policy(tmp_path):
                                                                   "backbone": None}})
     strong, weak = (reward_models.model_settings(cfg, m) for m in ("rm_noisy", "rm_weak"))
     assert (strong["samples_per_prompt"], weak["samples_per_prompt"]) == (8, 4)
-    assert strong["backbone"] == {"hidden_size": 256} and reward_models.backbone(cfg, weak, tmp_path) == tmp_path / "sft"
+    assert strong["backbone"] == {"hidden_size": 256}
+    assert reward_models.backbone(cfg, weak, tmp_path) == tmp_path / "sft"
     # the weak model's pairs are every pair of the first 4 of the same samples: a subset of the strong model's
     words = ["ab", "abc"]
     responses = [["ba", "b", "bb", "a", "ab", "aa", "baa", ""], ["cba", "cb", "c", "cab", "abc", "ccc", "cbaa", "ca"]]
