@@ -63,7 +63,10 @@ TRAIN_PROMPTS, TRAIN_PROMPTS_MAX = 128, 1024
 # Peak memory of one tiny training run, all its processes together (launcher, Ray, vLLM engine with its 1 GiB KV
 # cache, PPO trainer, actor, critic, reference model): measured 3.3 GiB; two at once need twice this.
 RUN_MEMORY_GIB = 4
+# The package demo's stage part beside them (Ray, SmolLM2's vLLM CPU engine with its 1 GiB KV cache): about 3.5 GiB.
+STAGE_MEMORY_GIB = 4
 PROMPT_TAG_TOLERANCE = 1e-5
+START_ATTEMPTS = 2
 RUN_TIMEOUT_S = int(os.environ.get("OPENRLHF_CONTRASTIVE_DEMO_TIMEOUT_S", "1800"))
 
 
@@ -77,6 +80,7 @@ class Run:
     process: subprocess.Popen | None = None
     steps: list[dict] = field(default_factory=list)  # OpenRLHF's status dict of every step, in order
     parsed_bytes: int = 0
+    starts: int = 0
 
     @property
     def log(self) -> Path:
@@ -142,6 +146,23 @@ def launch(run: Run, env: dict) -> None:
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / "command.json").write_text(json.dumps(command, indent=1))
     run.process = harness.start_in_own_session(command, run.log, cwd=run.out, env=env)
+    run.starts += 1
+    run.parsed_bytes = 0
+
+
+def restart_failed_start(run: Run, env: dict) -> bool:
+    """Start a run again, once, when it failed before its first PPO step. On a loaded machine a start-up can fail for
+    reasons that are neither the run's nor the demo's (seen: two of OpenRLHF's distributed actors of concurrent runs
+    given the same free port, EADDRINUSE; Ray's raylet missing its 30 s registration window)."""
+    if run.process.returncode == 0 or run.starts >= START_ATTEMPTS or "Global step " in run.log.read_text(errors="replace"):
+        return False
+    failed = run.out / f"train.attempt{run.starts}.log"
+    run.log.rename(failed)
+    print(f"demo: train_ppo_ray ({run.name}) failed while starting up (exit {run.process.returncode}; {failed}); "
+          "starting it again", flush=True)
+    harness.kill_session(run.process)
+    launch(run, env)
+    return True
 
 
 def parse_log(run: Run) -> list[dict]:
@@ -178,12 +199,12 @@ def step_line(name: str, status: dict, total: int, baselines: dict[int, float]) 
             f"{status['timing/step_total']:5.1f} s")
 
 
-def train(runs: dict[str, Run], total_steps: int, at_once: bool, env: dict) -> None:
-    """Run both trainings (at once, or the contrastive one first), printing their steps under a progress bar each."""
+def train(runs: dict[str, Run], total_steps: int, at_once: bool, env: dict, meanwhile=None) -> None:
+    """Run both trainings (at once, or the contrastive one first), printing their steps under a progress bar each;
+    `meanwhile()` (the package demo's stage part) runs in the foreground while the first of them start up."""
     from tqdm import tqdm
 
-    bars = {name: tqdm(total=total_steps, desc=f"PPO {name:<11}", unit="step", position=i, dynamic_ncols=True)
-            for i, name in enumerate(runs)}
+    bars: dict = {}
     # The runs have sessions of their own (Ctrl-C in a terminal does not reach them): a demo that is interrupted or
     # terminated stops them on its way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -191,7 +212,12 @@ def train(runs: dict[str, Run], total_steps: int, at_once: bool, env: dict) -> N
         for names in [list(runs)] if at_once else [[name] for name in runs]:
             for name in names:
                 launch(runs[name], env)
-            follow(runs, names, bars, total_steps)
+            if meanwhile is not None:
+                meanwhile()
+                meanwhile = None
+            bars = bars or {name: tqdm(total=total_steps, desc=f"PPO {name:<11}", unit="step", position=i,
+                                       dynamic_ncols=True) for i, name in enumerate(runs)}
+            follow(runs, names, bars, total_steps, env)
     finally:
         for bar in bars.values():
             bar.close()
@@ -201,13 +227,15 @@ def train(runs: dict[str, Run], total_steps: int, at_once: bool, env: dict) -> N
     check_runs(runs, total_steps)
 
 
-def follow(runs: dict[str, Run], active: list[str], bars: dict, total_steps: int) -> None:
-    """Print the steps of the `active` runs as they come, until they end. A raw step waits for the contrastive run's
-    baseline of the same step (its r - b needs it) while the contrastive run is still going."""
+def follow(runs: dict[str, Run], active: list[str], bars: dict, total_steps: int, env: dict) -> None:
+    """Print the steps of the `active` runs as they come, until they end (a start-up failure is started again once).
+    A raw step waits for the contrastive run's baseline of the same step (its r - b needs it) while the contrastive
+    run is still going."""
     pending: dict[str, list[dict]] = {name: [] for name in active}
     deadline = time.time() + RUN_TIMEOUT_S
     while True:
-        running = [name for name in active if runs[name].process.poll() is None]
+        running = [name for name in active
+                   if runs[name].process.poll() is None or restart_failed_start(runs[name], env)]
         for name in active:
             pending[name] += parse_log(runs[name])
         baselines = step_baselines(runs)
@@ -245,11 +273,10 @@ def check_runs(runs: dict[str, Run], total_steps: int) -> None:
                          + " and ".join(str(run.log) for run in runs.values()))
 
 
-def both_fit() -> tuple[bool, float]:
-    """(whether two runs fit in the memory available now, GiB available): /proc/meminfo's MemAvailable."""
+def available_gib() -> float:
+    """/proc/meminfo's MemAvailable, GiB."""
     with open("/proc/meminfo") as f:
-        available = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 2**20
-    return available >= 2 * RUN_MEMORY_GIB, available
+        return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 2**20
 
 
 def evaluate(runs: dict[str, Run], bed: Testbed, store: Path, out: Path, env: dict) -> dict[str, dict]:
@@ -276,15 +303,17 @@ NAMES = {"contrastive": "PPO, --reward_fn contrastive", "raw": "PPO, raw reward 
 
 
 def announce(runs: dict[str, Run], store: Path, k: int, total_steps: int, prompts_per_step: int, at_once: bool,
-             available: float, out: Path) -> None:
+             beside_stage: bool, available: float, out: Path) -> None:
     when = ("at once" if at_once else f"one after the other ({available:.0f} GiB of memory available; two at once "
             f"need about {2 * RUN_MEMORY_GIB})")
+    when += (", started now in the background: their start-up (Ray, vLLM engine, DeepSpeed; a minute or more) runs "
+             "beside the offline stage below, and their steps are printed after it" if beside_stage else "")
     stage = ("on its store" if (store / "header.json").exists()
              else f"whose in-job stage first writes k = {k} baselines per prompt to")
     print(f"demo: two real train_ppo_ray runs on CPU (lab/cpu_training/, test-and-demo-only), {when}: {total_steps} PPO "
           f"steps of {prompts_per_step} prompts each (gae: critic, reference model), the same seed; with "
-          f"--reward_fn contrastive, {stage} {store}, and without (raw reward r). Each start-up (Ray, vLLM engine, "
-          f"DeepSpeed) takes a minute or more; commands and logs in {out}/{{contrastive,raw}}/", flush=True)
+          f"--reward_fn contrastive, {stage} {store}, and without (raw reward r). Commands and logs in "
+          f"{out}/{{contrastive,raw}}/", flush=True)
 
 
 def print_win_rates(figures: dict[str, dict], total_steps: int, seconds: float, out: Path) -> None:
@@ -309,9 +338,11 @@ def curves(runs: dict[str, Run], figures: dict[str, dict]) -> list:
             for name, run in runs.items()]
 
 
-def train_and_evaluate(cache: Path, out: Path, prompts: int, prompts_per_step: int, episodes: int) -> list:
-    """Steps 1-4 of the module docstring; prints the win rates side by side and returns the runs for the PNG."""
-    print("\ndemo: training. Two SmolLM2 PPO runs need about 11 GiB each and minutes per step on CPU, so training "
+def train_and_evaluate(cache: Path, out: Path, prompts: int, prompts_per_step: int, episodes: int,
+                       meanwhile=None) -> list:
+    """Steps 1-4 of the module docstring; prints the win rates side by side and returns the runs for the PNG.
+    `meanwhile()` runs while the trainings start up when memory allows both, else before they start."""
+    print("demo: training. Two SmolLM2 PPO runs need about 11 GiB each and minutes per step on CPU, so training "
           "uses the evidence testbed's tiny policy (lab/testbed.py: a 2-layer Llama that reverses words, with a "
           "known gold reward) and a noisy proxy of gold as the reward (per-prompt offsets and noise, as a reward "
           "model's).", flush=True)
@@ -322,10 +353,14 @@ def train_and_evaluate(cache: Path, out: Path, prompts: int, prompts_per_step: i
     runs = {name: Run(name, out / name, train_flags(bed, out / name, prompts_per_step, episodes))
             for name in ("contrastive", "raw")}
     runs["contrastive"].flags += harness.contrastive_flags(store, bed.ppo["k"])
-    at_once, available = both_fit()
-    announce(runs, store, bed.ppo["k"], total_steps, prompts_per_step, at_once, available, out)
+    available = available_gib()
+    at_once = available >= 2 * RUN_MEMORY_GIB
+    beside_stage = meanwhile is not None and available >= (2 if at_once else 1) * RUN_MEMORY_GIB + STAGE_MEMORY_GIB
+    if meanwhile is not None and not beside_stage:
+        meanwhile()
+    announce(runs, store, bed.ppo["k"], total_steps, prompts_per_step, at_once, beside_stage, available, out)
     start = time.time()
-    train(runs, total_steps, at_once, env)
+    train(runs, total_steps, at_once, env, meanwhile if beside_stage else None)
     print(f"demo: trained in {time.time() - start:.0f} s; evaluating both policies against the SFT baselines "
           f"(`openrlhf-contrastive evaluate`, n = {EVAL_N} responses per prompt) ...", flush=True)
     start = time.time()
@@ -371,10 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
     stage_demo.check_options(opts)
     check_training_options(opts)
-    demo = stage_demo.run(opts)
-    training = train_and_evaluate(demo.cache, demo.out / "training", opts.train_prompts, opts.train_prompts_per_step,
-                                  opts.train_episodes)
-    stage_demo.write_report(demo, training)
+    out = Path(opts.out).resolve()
+    cache = Path(opts.cache).resolve() if opts.cache else stage_demo.default_cache()
+    stage = []  # the package demo's result, once `meanwhile` has run it
+    training = train_and_evaluate(cache, out / "training", opts.train_prompts, opts.train_prompts_per_step,
+                                  opts.train_episodes, meanwhile=lambda: stage.append(stage_demo.run(opts)))
+    stage_demo.write_report(stage[0], training)
     return 0
 
 

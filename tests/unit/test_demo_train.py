@@ -72,3 +72,31 @@ def test_training_options_out_of_range_are_refused_with_the_fix():
     opts = train.build_parser().parse_args(["--train-prompts", "8", "--train-prompts-per-step", "16"])
     with pytest.raises(SystemExit, match=r"--train-prompts 8, --train-prompts-per-step 16 .* Fix: pick values"):
         train.check_training_options(opts)
+
+
+def test_a_run_that_failed_while_starting_up_is_started_again_once(tmp_path, monkeypatch):
+    launched = []
+
+    def fake_launch(run, env):  # what launch does to the run, without starting train_ppo_ray
+        launched.append(run.name)
+        run.starts += 1
+        run.process = subprocess.Popen(["false"])
+        run.process.wait()
+        run.log.write_text("EADDRINUSE again\n")
+
+    monkeypatch.setattr(train, "launch", fake_launch)
+    run = finished(tmp_path, "contrastive", [])
+    run.starts = 1
+    run.process = subprocess.Popen(["false"])
+    run.process.wait()
+    run.log.write_text("torch.distributed.DistNetworkError: ... EADDRINUSE\n")
+    assert train.restart_failed_start(run, {}) and launched == ["contrastive"]
+    assert (run.out / "train.attempt1.log").read_text().endswith("EADDRINUSE\n")
+    assert not train.restart_failed_start(run, {}) and launched == ["contrastive"]  # once only
+
+    stepped = finished(tmp_path / "2", "raw", [])
+    stepped.starts = 1
+    stepped.process = subprocess.Popen(["false"])
+    stepped.process.wait()
+    stepped.log.write_text(f"✨ Global step 1: {STATUS}\nTraceback ...\n")  # failed after training: not a start-up
+    assert not train.restart_failed_start(stepped, {}) and launched == ["contrastive"]
