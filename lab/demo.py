@@ -200,21 +200,23 @@ def step_line(name: str, status: dict, total: int, baselines: dict[int, float]) 
 
 
 def train(runs: dict[str, Run], total_steps: int, at_once: bool, env: dict, meanwhile=None) -> None:
-    """Run both trainings (at once, or the contrastive one first), printing their steps under a progress bar each;
-    `meanwhile()` (the package demo's stage part) runs in the foreground while the first of them start up."""
+    """Run both trainings (at once, or the contrastive one first), printing their steps under a progress bar each.
+    `meanwhile(start)` (the package demo's stage part) runs first, in the foreground, and calls `start()` once its own
+    engine is up: that launches the first runs, whose start-up then overlaps the stage's sampling."""
     from tqdm import tqdm
 
     bars: dict = {}
+    groups = [list(runs)] if at_once else [[name] for name in runs]
     # The runs have sessions of their own (Ctrl-C in a terminal does not reach them): a demo that is interrupted or
     # terminated stops them on its way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        for names in [list(runs)] if at_once else [[name] for name in runs]:
+        if meanwhile is not None:
+            meanwhile(lambda: [launch(runs[name], env) for name in groups[0]])
+        for names in groups:
             for name in names:
-                launch(runs[name], env)
-            if meanwhile is not None:
-                meanwhile()
-                meanwhile = None
+                if runs[name].process is None:
+                    launch(runs[name], env)
             bars = bars or {name: tqdm(total=total_steps, desc=f"PPO {name:<11}", unit="step", position=i,
                                        dynamic_ncols=True) for i, name in enumerate(runs)}
             follow(runs, names, bars, total_steps, env)
@@ -306,8 +308,9 @@ def announce(runs: dict[str, Run], store: Path, k: int, total_steps: int, prompt
              beside_stage: bool, available: float, out: Path) -> None:
     when = ("at once" if at_once else f"one after the other ({available:.0f} GiB of memory available; two at once "
             f"need about {2 * RUN_MEMORY_GIB})")
-    when += (", started now in the background: their start-up (Ray, vLLM engine, DeepSpeed; a minute or more) runs "
-             "beside the offline stage below, and their steps are printed after it" if beside_stage else "")
+    when += (", started in the background once the offline stage below has its engine: their start-up (Ray, vLLM "
+             "engine, DeepSpeed; a minute or more) runs beside its sampling, and their steps are printed after it"
+             if beside_stage else "")
     stage = ("on its store" if (store / "header.json").exists()
              else f"whose in-job stage first writes k = {k} baselines per prompt to")
     print(f"demo: two real train_ppo_ray runs on CPU (lab/cpu_training/, test-and-demo-only), {when}: {total_steps} PPO "
@@ -341,7 +344,7 @@ def curves(runs: dict[str, Run], figures: dict[str, dict]) -> list:
 def train_and_evaluate(cache: Path, out: Path, prompts: int, prompts_per_step: int, episodes: int,
                        meanwhile=None) -> list:
     """Steps 1-4 of the module docstring; prints the win rates side by side and returns the runs for the PNG.
-    `meanwhile()` runs while the trainings start up when memory allows both, else before they start."""
+    `meanwhile(start)` runs first; it calls `start()` when the trainings may start beside it, if memory allows both."""
     print("demo: training. Two SmolLM2 PPO runs need about 11 GiB each and minutes per step on CPU, so training "
           "uses the evidence testbed's tiny policy (lab/testbed.py: a 2-layer Llama that reverses words, with a "
           "known gold reward) and a noisy proxy of gold as the reward (per-prompt offsets and noise, as a reward "
@@ -357,7 +360,7 @@ def train_and_evaluate(cache: Path, out: Path, prompts: int, prompts_per_step: i
     at_once = available >= 2 * RUN_MEMORY_GIB
     beside_stage = meanwhile is not None and available >= (2 if at_once else 1) * RUN_MEMORY_GIB + STAGE_MEMORY_GIB
     if meanwhile is not None and not beside_stage:
-        meanwhile()
+        meanwhile(lambda: None)
     announce(runs, store, bed.ppo["k"], total_steps, prompts_per_step, at_once, beside_stage, available, out)
     start = time.time()
     train(runs, total_steps, at_once, env, meanwhile if beside_stage else None)
@@ -410,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(opts.cache).resolve() if opts.cache else stage_demo.default_cache()
     stage = []  # the package demo's result, once `meanwhile` has run it
     training = train_and_evaluate(cache, out / "training", opts.train_prompts, opts.train_prompts_per_step,
-                                  opts.train_episodes, meanwhile=lambda: stage.append(stage_demo.run(opts)))
+                                  opts.train_episodes,
+                                  meanwhile=lambda start: stage.append(stage_demo.run(opts, on_engine_ready=start)))
     stage_demo.write_report(stage[0], training)
     return 0
 

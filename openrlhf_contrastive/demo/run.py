@@ -156,15 +156,18 @@ def prepare_policy(opts, cache: Path) -> tuple[Path, str]:
     return policy, policy_name
 
 
-def sample_baselines_and_rollouts(args, opts, prompts: list[str], labels: list[str]) -> tuple[list, dict, float]:
+def sample_baselines_and_rollouts(args, opts, prompts: list[str], labels: list[str],
+                                  on_engine_ready=None) -> tuple[list, dict, float]:
     """2-4. A local Ray cluster and OpenRLHF's vLLM engine; the offline stage writes the store (a rerun with the same
     settings finds every prompt stored and samples nothing); fresh rollouts from the same engine. (rollouts, the
-    stage's summary, rollout seconds)."""
+    stage's summary, rollout seconds). `on_engine_ready()`, if given, is called once the engine is up."""
     import ray
 
     start_ray(opts.cpus)
     backend = OpenRLHFBackend.from_args(args)
     try:
+        if on_engine_ready is not None:
+            on_engine_ready()
         try:
             stage = run_stage(args, backend, prompts, labels)
         except StoreError as e:
@@ -238,8 +241,10 @@ def write_report(demo: StageDemo, training: list | None = None) -> Path:
     return png
 
 
-def run(opts) -> StageDemo:
-    """Steps 1-6 of the module docstring."""
+def run(opts, on_engine_ready=None) -> StageDemo:
+    """Steps 1-6 of the module docstring. `on_engine_ready()`, if given, is called once the engine is up, before the
+    stage samples (a clone's `make demo` starts its training runs there, so that their start-up overlaps the
+    sampling rather than the engine's own start)."""
     import numpy as np
 
     from openrlhf.utils.utils import get_tokenizer
@@ -254,7 +259,7 @@ def run(opts) -> StageDemo:
     tokenizer = get_tokenizer(str(policy), None, "left", None)
     check_chat_template_date(args, tokenizer)
     prompts, labels = build_prompts(args, tokenizer, DriverStrategy(args))
-    experiences, stage, rollout_seconds = sample_baselines_and_rollouts(args, opts, prompts, labels)
+    experiences, stage, rollout_seconds = sample_baselines_and_rollouts(args, opts, prompts, labels, on_engine_ready)
     rows, metrics = contrast(experiences, args, tokenizer)
     with open(out / "rollouts.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
