@@ -68,6 +68,16 @@ def store_files(store: Path) -> dict:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(store.iterdir())}
 
 
+def assert_trained_on_reward_minus_baseline(scalars: dict, steps: int) -> None:
+    """At every PPO step of an evidence run, the logged contrastive reward is the logged reward r minus the logged
+    baseline b: PPO trained on r - b."""
+    import pytest
+
+    for step in map(str, range(1, steps + 1)):
+        assert scalars["train/contrastive/reward"][step] == pytest.approx(
+            scalars["train/reward"][step] - scalars["train/contrastive/baseline"][step], abs=1e-5), step
+
+
 def run_evidence_smoke(module: str, work: Path, *extra: str) -> tuple[dict, dict, str]:
     """`python -m MODULE --smoke --out work *extra` (an evidence experiment's whole pipeline, scaled down, resumable
     in `work`). Returns the experiment's config.json, the run's results.json and what the runner printed."""

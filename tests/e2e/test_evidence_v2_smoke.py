@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from cpu_runs import run_evidence_smoke  # tests/e2e
+from cpu_runs import assert_trained_on_reward_minus_baseline, run_evidence_smoke  # tests/e2e
 
 from lab import harness
 
@@ -54,11 +54,7 @@ def test_evidence_v2_smoke(tmp_path):
 
     point_words = json.loads((work / "sft_train_eval.json").read_text())["words"]
     assert len(store) == smoke["n_train_prompts"] and store.k == cfg["ppo"]["k"]
-    for step in range(1, steps + 1):
-        sc = {tag: run["scalars"][tag][str(step)] for tag in
-              ("train/reward", "train/contrastive/baseline", "train/contrastive/reward")}
-        assert sc["train/contrastive/reward"] == pytest.approx(sc["train/reward"] - sc["train/contrastive/baseline"],
-                                                               abs=1e-5)
+    assert_trained_on_reward_minus_baseline(run["scalars"], steps)
     # every checkpoint and the end evaluated on gold, the RM scores of the training-prompt samples kept
     assert sorted(map(int, run["along"])) == list(range(1, steps + 1))
     for point in run["along"].values():

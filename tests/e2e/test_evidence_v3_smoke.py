@@ -13,7 +13,7 @@ import json
 import math
 
 import pytest
-from cpu_runs import run_evidence_smoke  # tests/e2e
+from cpu_runs import assert_trained_on_reward_minus_baseline, run_evidence_smoke  # tests/e2e
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 
@@ -43,11 +43,7 @@ def test_evidence_v3_smoke(tmp_path):
     assert command[command.index("--reward.model_name_or_path") + 1] == str(work / "rm_noisy")
     steps = smoke["n_train_prompts"] * smoke["num_episodes"] // cfg["ppo"]["prompts_per_step"]
     assert run["steps"] == steps and run["wrote_store"]
-    for step in range(1, steps + 1):  # PPO trained on r - b
-        sc = {tag: run["scalars"][tag][str(step)] for tag in
-              ("train/reward", "train/contrastive/baseline", "train/contrastive/reward")}
-        assert sc["train/contrastive/reward"] == pytest.approx(sc["train/reward"] - sc["train/contrastive/baseline"],
-                                                               abs=1e-5)
+    assert_trained_on_reward_minus_baseline(run["scalars"], steps)
     assert sorted(map(int, run["along"])) == list(range(1, steps + 1))
     for point in run["along"].values():
         assert -1.0 <= point["heldout"]["gold"] <= 1.0
