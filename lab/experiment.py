@@ -147,14 +147,24 @@ def run_flags(cfg: dict, s: dict, arm: str, seed: int, work: Path, out: Path) ->
 
 def evaluate_policy(cfg: dict, model_dir: Path, sets: dict, rm_dirs: dict, seed: int) -> dict:
     """Samples of one policy on the held-out and the evaluated training prompts: gold per sample, win rate against
-    the SFT samples of the same prompts, and each reward model's score of the training-prompt samples."""
+    the SFT samples of the same prompts, and each reward model's score of the training-prompt samples. On the
+    held-out prompts also whether it learned to answer nothing: its empty-response share sampled as served, mean
+    P(EOS at the first position), and gold sampled as OpenRLHF's rollouts sample (EOS masked first: `rollout_style`;
+    what training saw, where the served numbers are what a user gets)."""
     result = {}
     for name, ref in sets.items():
-        responses, result[name] = sample_scored(cfg, model_dir, ref, cfg["eval"]["samples_per_prompt"][name], seed)
+        n = cfg["eval"]["samples_per_prompt"][name]
+        responses, result[name] = sample_scored(cfg, model_dir, ref, n, seed)
         if name == "train":  # per sample (4 decimals): the share beating the stored baseline, the spread of r - b
             result[name]["rm"] = {rm: [[round(x, 4) for x in r] for r in reward_models.score(rm_dir, ref["words"],
                                                                                                 responses)]
                                   for rm, rm_dir in rm_dirs.items()}
+        else:
+            _, rollout_style = sample_scored(cfg, model_dir, ref, n, seed, min_new_tokens=1)
+            result[name] |= {"empty": statistics.mean(y == "" for ys in responses for y in ys),
+                             "p_eos_first": testbed.p_eos_first(model_dir, ref["words"]),
+                             "rollout_style": {k: rollout_style[k] for k in ("gold", "gold_win_rate_vs_sft",
+                                                                              "mean_chars")}}
     return result
 
 
@@ -188,20 +198,21 @@ def restore(out: Path, archived: Path | None) -> dict | None:
     return json.loads(result_path.read_text()) if result_path.exists() else None
 
 
-def train(flags: list[str], out: Path, env: dict, name: str) -> tuple[int, float, int]:
-    """train_ppo_ray in `out`, retried once after a failed start; (exit code, seconds, attempts)."""
+def train(flags: list[str], out: Path, env: dict, name: str) -> tuple[int, float, int, dict]:
+    """train_ppo_ray in `out`, retried once after a failed start; (exit code, seconds, attempts, peak memory of the
+    whole run: harness.SessionMemory)."""
     for attempt in range(1, ATTEMPTS + 1):
         log(f"{name}: train_ppo_ray ... (attempt {attempt})")
         start = time.time()
-        rc = harness.run_in_own_session(harness.launch_command(flags), out / "train.log", RUN_TIMEOUT_S, cwd=out,
-                                        env=env)
+        rc, memory = harness.run_measured(harness.launch_command(flags), out / "train.log", RUN_TIMEOUT_S, cwd=out,
+                                          env=env)
         seconds = time.time() - start
         if rc == 0:
             break
         shutil.copy(out / "train.log", out / f"train.attempt{attempt}.log")
         for partial in ("tb", "ckpt"):
             shutil.rmtree(out / partial, ignore_errors=True)
-    return rc, seconds, attempt
+    return rc, seconds, attempt, memory
 
 
 def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_dirs: dict, env: dict,
@@ -217,7 +228,7 @@ def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_
     flags = run_flags(cfg, s, arm, seed, work, out)
     wrote_store = "--reward_fn" in a["reward_flags"] and not (work / f"baselines_{a['reward']}" / "header.json").exists()
     (out / "command.json").write_text(json.dumps(harness.launch_command(flags), indent=1))
-    rc, seconds, attempts = train(flags, out, env, f"{arm} seed {seed}")
+    rc, seconds, attempts, memory = train(flags, out, env, f"{arm} seed {seed}")
     if rc != 0:
         log(f"{arm} seed {seed}: train_ppo_ray exited with {rc} after {seconds:.0f} s; see {out / 'train.log'}")
         (out / "failed.txt").write_text(f"rc {rc}\n{harness.tail(out / 'train.log', 80)}")
@@ -236,11 +247,13 @@ def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_
     final = along[points[-1]]
     result = {
         "arm": arm, "seed": seed, "wall_s": seconds, "attempts": attempts, "eval_s": time.time() - t0,
+        "memory": memory,  # of the train_ppo_ray run, every process of it; not the evaluation
         "steps": len(steps),
         "generations": {"online": online, "offline": offline, "total": online + offline,
                         "rollouts_per_prompt_per_step": n},
         "wrote_store": wrote_store,  # its wall time includes the in-job stage
-        "heldout": {k: final["heldout"][k] for k in ("gold", "gold_win_rate_vs_sft", "mean_chars")},
+        "heldout": {k: final["heldout"][k] for k in ("gold", "gold_win_rate_vs_sft", "mean_chars", "empty",
+                                                      "p_eos_first", "rollout_style")},
         "along": {str(k): v for k, v in along.items()},
         "scalars": scalars,
         "provenance": provenance(cfg, work, arm, rm_dirs),
@@ -252,7 +265,9 @@ def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_
     if not keep_checkpoints:  # 9 checkpoints per run add up; everything measured is kept
         shutil.rmtree(out / "ckpt", ignore_errors=True)
     log(f"{arm} seed {seed}: done in {seconds:.0f} s (+{result['eval_s']:.0f} s evaluation), {len(steps)} steps, "
-        f"held-out gold {result['heldout']['gold']:.3f}, win rate vs SFT {result['heldout']['gold_win_rate_vs_sft']:.3f}")
+        f"held-out gold {result['heldout']['gold']:.3f} (sampled as rollouts {result['heldout']['rollout_style']['gold']:.3f}), "
+        f"win rate vs SFT {result['heldout']['gold_win_rate_vs_sft']:.3f}, P(EOS first) {result['heldout']['p_eos_first']:.3f}, "
+        f"peak memory {memory['peak_pss_bytes'] / 2**30:.2f} GiB (PSS)")
     return result
 
 

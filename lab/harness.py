@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,13 +141,81 @@ def kill_session(process: subprocess.Popen) -> None:
 
 def run_in_own_session(command: list[str], log: Path, timeout_s: float, **popen) -> int:
     """Run `command` in its own session and kill that whole session when it ends; its exit code, 124 on timeout."""
+    return run_measured(command, log, timeout_s, **popen)[0]
+
+
+def run_measured(command: list[str], log: Path, timeout_s: float, **popen) -> tuple[int, dict]:
+    """run_in_own_session, also sampling the memory of every process of the run (SessionMemory) once a second:
+    (exit code, SessionMemory.peaks())."""
     process = start_in_own_session(command, log, **popen)
+    memory = SessionMemory(process.pid)
+    memory.start()
     try:
-        return process.wait(timeout=timeout_s)
+        return process.wait(timeout=timeout_s), memory.peaks()
     except subprocess.TimeoutExpired:
-        return 124
+        return 124, memory.peaks()
     finally:
+        memory.stop()
         kill_session(process)
+
+
+class SessionMemory(threading.Thread):
+    """The peak memory of a whole run: every process in the session `sid`, or its process group, or descended from
+    its leader (Ray's GCS, raylet and workers, the vLLM engine core, the DeepSpeed actors), summed over processes at
+    each sample. Two sums: PSS (proportional set size: a shared page counts once across the processes sharing it,
+    the memory the run holds) and RSS (each process's resident set whole: shared libraries counted in every
+    process). Linux /proc only; elsewhere both stay 0."""
+
+    def __init__(self, sid: int, every_s: float = 1.0):
+        super().__init__(daemon=True)
+        self.sid, self.every_s = sid, every_s
+        self.peak_pss = self.peak_rss = self.samples = 0
+        self.peak_processes = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.every_s):
+            self.sample()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def peaks(self) -> dict:
+        return {"peak_pss_bytes": self.peak_pss, "peak_rss_bytes": self.peak_rss, "samples": self.samples,
+                "peak_processes": self.peak_processes, "every_s": self.every_s}
+
+    def members(self) -> list[int]:
+        parents, inside = {}, set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended between the listing and the read
+                continue
+            pid = int(stat.parent.name)
+            parents[pid] = int(fields[1])  # after the name: state, ppid, pgrp, session
+            if self.sid in (int(fields[2]), int(fields[3])) or pid == self.sid:
+                inside.add(pid)
+        grew = True
+        while grew:  # and every descendant of a member, wherever its session
+            more = {pid for pid, parent in parents.items() if parent in inside} - inside
+            inside |= more
+            grew = bool(more)
+        return sorted(inside)
+
+    def sample(self) -> None:
+        pss = rss = 0
+        members = self.members()
+        for pid in members:
+            try:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith(("Pss:", "Rss:")):
+                        kib = int(line.split()[1]) * 1024
+                        pss, rss = (pss + kib, rss) if line.startswith("Pss:") else (pss, rss + kib)
+            except (OSError, ValueError, IndexError):
+                continue
+        self.samples += 1
+        self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+        self.peak_processes = max(self.peak_processes, len(members))
 
 
 def read_scalars(tb: Path) -> dict:

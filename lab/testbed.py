@@ -229,3 +229,18 @@ def sample_responses(model_dir: Path, words: list[str], n: int, temperature: flo
     texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=False)
     resp = [response_of(t, "") for t in texts]
     return [resp[i * n:(i + 1) * n] for i in range(len(words))]
+
+
+def p_eos_first(model_dir: Path, words: list[str]) -> float:
+    """The policy's mean probability (over `words`) of ending its response at the first token: of answering nothing
+    when sampled as served. OpenRLHF's rollouts mask EOS there (vLLM ``min_tokens=1``), so training never sees it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    enc = tok([prompt_text(w) for w in words], return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        probs = model(**enc).logits[:, -1].softmax(-1)[:, tok.eos_token_id]
+    return float(probs.mean())

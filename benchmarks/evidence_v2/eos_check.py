@@ -29,21 +29,9 @@ from pathlib import Path
 
 from lab import testbed
 from lab.experiment import sample_scored
+from lab.testbed import p_eos_first
 
 HERE = Path(__file__).resolve().parent
-
-
-def p_eos_first(model_dir: Path, words: list[str]) -> float:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    enc = tok([testbed.prompt_text(w) for w in words], return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.no_grad():
-        probs = model(**enc).logits[:, -1].softmax(-1)[:, tok.eos_token_id]
-    return float(probs.mean())
 
 
 def heldout_gold(cfg: dict, model_dir: Path, sft: dict, seed: int, min_new_tokens: int) -> dict:
