@@ -3,17 +3,21 @@
     python -m benchmarks.evidence_v3.run --analyze-only [--out WORK] [--results DIR] [--smoke]
 
 The lab's analysis (lab/analysis.py: the arm table, the five claims, the reward models, the PNG with gold against
-step and against KL) with v3's names, plus v3's own measures (`extra`):
-  - peak held-out gold along each run and the step where it peaks;
-  - gold at matched KL: for each seed, the KL at which that seed's `raw` run peaks (train/kl, mean of the 8 steps up
-    to the checkpoint), and each run's held-out gold interpolated at that KL along its own gold-vs-KL path (from the
-    SFT start at KL 0, checkpoints in step order; a run that never reaches that KL has none), paired with raw's peak.
+step and against KL) with v3's names, plus v3's own measures (results.json `extra`):
+  - `peak_and_matched_kl`: peak held-out gold along each run and the step where it peaks; gold at matched KL: for
+    each seed, the KL at which that seed's `raw` run peaks (train/kl, mean of the 8 steps up to the checkpoint), and
+    each run's held-out gold interpolated at that KL along its own gold-vs-KL path (from the SFT start at KL 0,
+    checkpoints in step order; a run that never reaches that KL has none), paired with raw's peak;
+  - `served_and_cost`: at the end, the empty-response share and P(EOS first) of the policy sampled as served, gold
+    sampled as served and as OpenRLHF's rollouts sample, generations, wall time and peak memory of the run;
+  - `predictions`: predict.py's table (the store's prediction beside the outcome for every RM), once it has run.
 The claims compare cr_mean with raw and reinforce_cr with reinforce_raw (the same estimator without the store);
 robustness is cr_mean's gain over raw with the weaker reward model (rm_weak, seeds 1-3) minus that with rm_noisy.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lab import analysis
@@ -56,7 +60,7 @@ def peak(run: dict) -> tuple[float, int]:
     return run["along"][step]["heldout"]["gold"], int(step)
 
 
-def extra(work: Path, cfg: dict, summary: dict) -> tuple[dict, str]:
+def peak_and_matched_kl(work: Path, cfg: dict, summary: dict) -> tuple[dict, str]:
     """Peak gold and its step, and gold at raw's peak KL (paired by seed), per arm; and their markdown table."""
     runs, sft_gold = load_runs(work), summary["sft"]["heldout_gold"]
     out: dict = {}
@@ -86,5 +90,60 @@ def extra(work: Path, cfg: dict, summary: dict) -> tuple[dict, str]:
     return out, "\n".join(lines)
 
 
+GIB = 2 ** 30
+
+
+def served_and_cost(runs: dict) -> tuple[dict, str]:
+    """Per arm at the end, on the held-out prompts: whether the policy learned to answer nothing (the empty share
+    sampled as served, P(EOS first)) and gold sampled both ways; and what a run cost: generations (online + offline),
+    wall time, peak memory of the whole train_ppo_ray (PSS: what the run's processes hold, shared pages once)."""
+    out: dict = {}
+    for arm, by_seed in runs.items():
+        rs = [r for _, r in sorted(by_seed.items()) if "p_eos_first" in r["heldout"]]
+        if not rs:
+            continue
+        g = rs[0]["generations"]
+        out[arm] = {"runs": len(rs),
+                    "empty_served": ci([r["heldout"]["empty"] for r in rs]),
+                    "p_eos_first": ci([r["heldout"]["p_eos_first"] for r in rs]),
+                    "gold_served": ci([r["heldout"]["gold"] for r in rs]),
+                    "gold_as_rolled_out": ci([r["heldout"]["rollout_style"]["gold"] for r in rs]),
+                    "generations": g,
+                    "wall_s": ci([r["wall_s"] for r in rs]),
+                    "peak_pss_gib": ci([r["memory"]["peak_pss_bytes"] / GIB for r in rs]),
+                    "peak_rss_gib": ci([r["memory"]["peak_rss_bytes"] / GIB for r in rs])}
+    lines = ["Served policy and cost per run (held-out prompts at the end; memory of the whole train_ppo_ray run, "
+             "sampled each second; runs of this code only):", "",
+             "| arm | runs | empty responses (served) | P(EOS first) | gold served | gold as rolled out (EOS masked "
+             "first) | generations (online + offline) | wall s | peak memory GiB, PSS (RSS summed) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for arm, a in out.items():
+        g = a["generations"]
+        lines.append(f"| {arm} | {a['runs']} | {analysis.fmt(a['empty_served'])} | {analysis.fmt(a['p_eos_first'])} "
+                     f"| {analysis.fmt(a['gold_served'])} | {analysis.fmt(a['gold_as_rolled_out'])} "
+                     f"| {g['online']} + {g['offline']} | {analysis.fmt(a['wall_s'], 0)} "
+                     f"| {analysis.fmt(a['peak_pss_gib'], 2)} ({a['peak_rss_gib']['mean']:.2f}) |")
+    return out, "\n".join(lines)
+
+
+def predictions() -> tuple[dict | None, str]:
+    """predict.py's table (the prediction beside the outcome for every RM), when it has been run."""
+    from benchmarks.evidence_v3 import predict
+
+    path = Path(__file__).resolve().parent / "predictions.json"
+    if not path.exists():
+        return None, ""
+    rows = json.loads(path.read_text())["rows"]
+    return rows, ("The prediction beside the outcome (benchmarks/evidence_v3/predict.py; its gains are read from "
+                  "each experiment's results.json when predict.py ran):\n\n" + predict.table(rows))
+
+
 def analyze(work: Path, results_dir: Path, cfg: dict, s: dict, archive: Path | None = None) -> dict:
+    def extra(work: Path, cfg: dict, summary: dict) -> tuple[dict, str]:
+        peak_kl, peak_text = peak_and_matched_kl(work, cfg, summary)
+        served, served_text = served_and_cost(load_runs(work))
+        predicted, predicted_text = predictions()
+        return ({"peak_and_matched_kl": peak_kl, "served_and_cost": served, "predictions": predicted},
+                "\n\n".join(t for t in (peak_text, served_text, predicted_text) if t))
+
     return analysis.analyze(work, results_dir, cfg, s, V3, archive, extra=extra)

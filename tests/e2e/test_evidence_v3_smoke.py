@@ -50,9 +50,17 @@ def test_evidence_v3_smoke(tmp_path):
         assert all(math.isfinite(x) for r in point["train"]["rm"]["rm_noisy"] for x in r)
     a = results["arms"][arm]
     assert math.isfinite(a["heldout_gold_final"]["mean"]) and math.isfinite(a["kl_final"]["mean"])
-    v3, best = results["extra"][arm], max(p["heldout"]["gold"] for p in run["along"].values())
+    v3, best = results["extra"]["peak_and_matched_kl"][arm], max(p["heldout"]["gold"] for p in run["along"].values())
     assert v3["peak_heldout_gold"]["mean"] == best
     assert run["along"][str(v3["peak_step"]["1"])]["heldout"]["gold"] == best
+    # served vs rolled out, and the whole run's memory (Ray, vLLM engine, actor, critic, reference, reward model)
+    end = run["heldout"]
+    assert 0.0 <= end["empty"] <= 1.0 and 0.0 < end["p_eos_first"] < 1.0
+    assert -1.0 <= end["rollout_style"]["gold"] <= 1.0 and end["rollout_style"]["mean_chars"] > 0
+    assert run["memory"]["peak_processes"] >= 5 and run["memory"]["samples"] >= 10
+    assert 2 * 2 ** 30 < run["memory"]["peak_pss_bytes"] <= run["memory"]["peak_rss_bytes"]
+    served = results["extra"]["served_and_cost"][arm]
+    assert served["peak_pss_gib"]["mean"] == run["memory"]["peak_pss_bytes"] / 2 ** 30
     assert (work / "evidence_v3.png").stat().st_size > 10_000
 
     # a rerun resumes: nothing is built, trained or sampled again
