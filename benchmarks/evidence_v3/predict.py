@@ -139,6 +139,9 @@ def predict(experiment: str, folder: Path, work: Path, reward: str, arm: str, ra
     rm_info = json.loads((work / f"{reward}_done.json").read_text()) if reward != "proxy" else {}
     return {"experiment": experiment, "reward": reward, "contrastive_arm": arm, "raw_arm": raw,
             "rm_accuracy_train_prompts": rm_info.get("accuracy_train_prompts_fresh_pairs", {}).get("accuracy"),
+            # the RM the runs used (v2's were trained on another machine: the same recipe, other numbers)
+            "runs_rm_accuracy_train_prompts": results.get("reward_models", {}).get(reward, {}).get(
+                "accuracy_train_prompts_fresh_pairs", {}).get("accuracy"),
             "store": {"prompts": len(words), "k": cfg["ppo"]["k"], "seed": SEED},
             "diagnosis": diagnose.diagnose(store).to_dict(),
             "run_store_diagnosis": run_store(work, reward) if experiment == "v3" else None,
@@ -155,13 +158,14 @@ def fmt_ci(x: dict | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| experiment | reward | RM accuracy | ICC [95%] | predicted std(r-b)/std(r) at k [95%] "
+    lines = ["| experiment | reward | RM accuracy here (the runs' RM) | ICC [95%] | predicted std(r-b)/std(r) at k [95%] "
              "| measured on fresh SFT samples | spread_ratio at step 1 | held-out gold, contrastive minus raw |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d, acc = r["diagnosis"], r["rm_accuracy_train_prompts"]
         fresh, step1 = r["measured_fresh_sft"], r["measured_step1"]
-        acc_s = "-" if acc is None else f"{acc:.3f}"
+        runs_acc = r.get("runs_rm_accuracy_train_prompts")
+        acc_s = "-" if acc is None else f"{acc:.3f}" + ("" if runs_acc is None else f" ({runs_acc:.3f})")
         fresh_s = "-" if not fresh else f"{fresh['ratio']:.3f}"
         step1_s = "-" if not step1 else f"{step1['mean']:.3f} (n={step1['n']})"
         lines.append(
