@@ -144,3 +144,36 @@ def training_fingerprint(args, k: int, temperature: float) -> dict:
             "openrlhf_contrastive": _version("openrlhf-contrastive"),
         },
     }
+
+
+# Flag groups that say where a run logs, evaluates and checkpoints, not which policy it trains (ckpt.path is kept:
+# a run is its checkpoints), and flags set per launch.
+_NOT_THE_RUN = ("ckpt.", "logger.", "eval.", "local_rank")
+
+
+def run_identity(args) -> str:
+    """A digest of the flags that decide a training run's sequence of policies (16 hex digits): every flag of the
+    (hierarchized) train_ppo_ray args that holds plain values, except logging, evaluation and checkpointing (but the
+    checkpoint path, which resuming shares). A resumed run (--ckpt.load_enable, same flags) has the same identity."""
+    import argparse
+    import json
+    import types
+
+    flat = {}
+
+    def walk(prefix: str, node) -> None:
+        for name, value in sorted(vars(node).items()):
+            if isinstance(value, (types.SimpleNamespace, argparse.Namespace)):
+                walk(f"{prefix}{name}.", value)
+            elif isinstance(value, (str, int, float, bool, type(None), list, tuple)):
+                flat[f"{prefix}{name}"] = value
+
+    walk("", args)
+    kept = {k: v for k, v in flat.items() if not k.startswith(_NOT_THE_RUN) or k == "ckpt.path"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+def generation_fingerprint(fingerprint: dict, policy_step: int, run: str) -> dict:
+    """The fingerprint of a refresh generation: the run's store fingerprint (reward, prompts, sampling: the scale of
+    the baselines), the policy step s whose weights sampled it and the run (`run_identity`) that policy belongs to."""
+    return {**fingerprint, "policy_step": policy_step, "run": run}

@@ -192,10 +192,11 @@ def penalised_rewards(experiences, args, k: int):
     return torch.cat([e.rewards.flatten() for e in experiences]).double().numpy().reshape(-1, k)
 
 
-def run_stage(args, backend, prompts, labels, log=print, fingerprint: dict | None = None) -> dict:
+def run_stage(args, backend, prompts, labels, log=print, fingerprint: dict | None = None, path=None) -> dict:
     """Sample, score, penalise and store the baselines of every prompt the store does not hold yet; return the
     summary (`summarize`). `fingerprint`: the store's provenance for these flags, when the caller already has it
-    (computed here otherwise: `training_fingerprint` hashes the models)."""
+    (computed here otherwise: `training_fingerprint` hashes the models). `path`: the store written (default
+    --contrastive.baseline_path; a refresh writes a generation of it)."""
     from tqdm import tqdm
 
     start = time.time()
@@ -206,8 +207,9 @@ def run_stage(args, backend, prompts, labels, log=print, fingerprint: dict | Non
 
     # 2. resume: fixed chunks of that list; a chunk with a missing key is redone whole (same seeds)
     keep = bool(getattr(args.contrastive, "keep_responses", False))
+    path = path or args.contrastive.baseline_path
     writer = StoreWriter(
-        args.contrastive.baseline_path, k, fingerprint or training_fingerprint(args, k, baseline_temperature(args)),
+        path, k, fingerprint or training_fingerprint(args, k, baseline_temperature(args)),
         keep_responses=keep,
     )
     size = args.contrastive.chunk_size
@@ -239,19 +241,21 @@ def run_stage(args, backend, prompts, labels, log=print, fingerprint: dict | Non
     return summarize(
         args, log, prompts=len(keys), duplicates=len(prompts) - len(keys), already=already,
         generations=backend.num_generations - generations0, tokens=backend.num_tokens - tokens0,
-        seconds=time.time() - start,
+        seconds=time.time() - start, path=path,
     )
 
 
-def summarize(args, log, prompts: int, duplicates: int, already: int, generations: int, tokens: int, seconds: float) -> dict:
+def summarize(args, log, prompts: int, duplicates: int, already: int, generations: int, tokens: int, seconds: float,
+              path=None) -> dict:
     """The stage's summary (returned, logged line by line, and written to the store's summary.json): counts, the
     store's reward distribution, throughput, and the store's diagnosis (will the baseline help this reward?)."""
     import numpy as np
 
-    store = BaselineStore.load(args.contrastive.baseline_path)
+    path = path or args.contrastive.baseline_path
+    store = BaselineStore.load(path)
     k, new = args.contrastive.k, prompts - already
     summary = {
-        "store": str(args.contrastive.baseline_path),
+        "store": str(path),
         "prompts": prompts,
         "duplicates_dropped": duplicates,
         "already_stored": already,
@@ -275,7 +279,7 @@ def summarize(args, log, prompts: int, duplicates: int, already: int, generation
     )
     for line in diagnosis.lines():
         log(line)
-    file = Path(args.contrastive.baseline_path, SUMMARY)
+    file = Path(path, SUMMARY)
     file.with_name(SUMMARY + ".tmp").write_text(json.dumps(summary, indent=2))
     os.replace(file.with_name(SUMMARY + ".tmp"), file)
     return summary

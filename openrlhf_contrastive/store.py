@@ -11,6 +11,10 @@ A store is a directory:
     lock             who writes the store now (an advisory flock, released by the OS when the writer dies)
     summary.json     the last stage's summary: counts, throughput and the store's diagnosis (openrlhf_contrastive.
                      diagnose); written for people and tools, never read back by the store
+    generations/     only with --contrastive.refresh_every (openrlhf_contrastive.refresh): step-SSSSSS/ holds the
+                     baselines sampled from the policy after PPO step S, a store of its own in this same format (its
+                     fingerprint adds policy_step and run); refresh.json sums the refreshes up. The files above stay
+                     the SFT policy's baselines, which `evaluate` and `rescore` compare against.
 
 The key of a prompt is a 64-bit BLAKE2b digest of the exact string OpenRLHF builds for it (plus its label when
 `--data.label_key` is set), so that training looks rewards up by `Experience.prompts` without keeping a
@@ -47,6 +51,7 @@ FORMAT = "openrlhf-contrastive-store/2"
 KEY_SCHEME = "blake2b-64(utf8(prompt) [+ b'\\x00' + utf8(label) when --data.label_key is set])"
 HEADER, REWARDS, PROMPTS, RESPONSES, LOCK = "header.json", "rewards.bin", "prompts.bin", "responses.jsonl", "lock"
 SUMMARY = "summary.json"
+GENERATIONS, REFRESH_SUMMARY = "generations", "refresh.json"
 
 # Odd 64-bit multipliers for the record checksum (vectorised; detects torn and flipped records).
 _MIX = np.array([0x9E3779B97F4A7C15 + 2 * i for i in range(64)], dtype=np.uint64)
@@ -208,6 +213,22 @@ def read_header(path: str | os.PathLike) -> dict:
             "--contrastive.baseline_path."
         )
     return header
+
+
+def generation_path(path: str | os.PathLike, policy_step: int) -> Path:
+    """The directory of the refresh generation sampled from the policy after PPO step `policy_step`."""
+    return Path(path, GENERATIONS, f"step-{policy_step:06d}")
+
+
+def list_generations(path: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(policy step, directory) of every refresh generation of the store at `path`, oldest first (none: [])."""
+    folder = Path(path, GENERATIONS)
+    found = []
+    for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+        name = child.name
+        if child.is_dir() and name.startswith("step-") and name[5:].isdigit():
+            found.append((int(name[5:]), child))
+    return sorted(found)
 
 
 def holds_baselines(path: str | os.PathLike) -> bool:
