@@ -58,6 +58,15 @@ def check_contrastive_args(args, estimator: str | None = None) -> None:
         )
     if settings.chunk_size < 1:
         raise InputError(f"--contrastive.chunk_size is {settings.chunk_size}; it must be at least 1 (default 64).")
+    for flag in ("refresh_every", "refresh_prompts"):
+        value = getattr(settings, flag, 0)
+        if value < 0:
+            raise InputError(
+                f"--contrastive.{flag} is {value}: it counts "
+                + ("PPO steps between refreshes of the baselines" if flag == "refresh_every" else "prompts per refresh")
+                + ", so it must be 0 (the default: " + ("never refresh" if flag == "refresh_every" else "all prompts")
+                + ") or more. Set it to 0 or a positive number."
+            )
     if not math.isfinite(settings.coef):
         raise InputError(f"--contrastive.coef is {settings.coef}; it must be a finite number (1 is the paper).")
     temperature = baseline_temperature(args)
@@ -67,6 +76,32 @@ def check_contrastive_args(args, estimator: str | None = None) -> None:
             f"The baselines would be sampled at temperature {temperature} ({source}). Baselines are samples of the "
             "SFT policy: a temperature of 0 gives k identical greedy responses and a negative one is undefined. Set "
             "--contrastive.temperature to the rollout temperature you train with (e.g. 1.0)."
+        )
+
+
+def check_refresh_args(args) -> None:
+    """--contrastive.refresh_every / refresh_prompts against the rest of train_ppo_ray's flags (before Ray starts)."""
+    settings = args.contrastive
+    if settings.refresh_prompts and not settings.refresh_every:
+        raise InputError(
+            f"--contrastive.refresh_prompts {settings.refresh_prompts} without --contrastive.refresh_every: it says how "
+            "many prompts each refresh samples, and no refresh happens. Add --contrastive.refresh_every N (PPO steps "
+            "between refreshes) or drop --contrastive.refresh_prompts."
+        )
+    if not settings.refresh_every:
+        return
+    if getattr(args.train, "async_enable", False):
+        raise InputError(
+            f"--contrastive.refresh_every {settings.refresh_every} with --train.async_enable: a refresh samples the "
+            "current policy on the trainer's vLLM engines between a batch's generation and its update, and the async "
+            "trainer's engines never pause (they generate the next batches while the actor trains, in another actor "
+            "than the one shaping rewards). Drop --train.async_enable, or train without --contrastive.refresh_every."
+        )
+    if not getattr(args.vllm, "num_engines", None):
+        raise InputError(
+            f"--contrastive.refresh_every {settings.refresh_every} needs the trainer's vLLM engines (they hold the "
+            "current policy, synced after every PPO step), and --vllm.num_engines is not set. Set --vllm.num_engines, "
+            "or train without --contrastive.refresh_every."
         )
 
 

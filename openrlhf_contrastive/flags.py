@@ -25,6 +25,14 @@ METRIC_HIT = "contrastive/hit"
 # (openrlhf_contrastive.diagnose): the two agree at step 1, where the rollouts are SFT samples.
 METRIC_SPREAD_RATIO = "contrastive/spread_ratio"
 METRIC_SPREAD_RATIO_PREDICTED = "contrastive/spread_ratio_predicted"
+# With --contrastive.refresh_every N (openrlhf_contrastive.refresh), per PPO step: the policy step whose samples gave
+# the baselines in use (0: the SFT store), that generation's age in PPO steps (policy updates since it was sampled),
+# the baseline generations spent on refreshes so far, and, at a step that refreshed, the mean over the refreshed
+# prompts of b_new(x) - b_before(x). Without refresh none of them is logged.
+METRIC_GENERATION = "contrastive/generation"
+METRIC_GENERATION_AGE = "contrastive/generation_age"
+METRIC_REFRESH_GENERATIONS = "contrastive/refresh_generations"
+METRIC_REFRESH_SHIFT = "contrastive/refresh_shift"
 
 
 def add_contrastive_args(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +82,18 @@ def add_contrastive_args(parser: argparse.ArgumentParser) -> None:
         "--contrastive.keep_responses", action="store_true", default=False,
         help="Offline stage: also keep the k response texts per prompt (JSON lines in the store), for "
         "`openrlhf-contrastive evaluate --eval.judge`, second rewards on the baselines and `rescore`.",
+    )
+    group.add_argument(
+        "--contrastive.refresh_every", type=int, default=0,
+        help="Training only: every N PPO steps, sample k new baselines per prompt from the current policy (the "
+        "trainer's vLLM engines, synced with the actor), score them like the rollouts, and train on them from then on "
+        "(a new generation of the store; the SFT baselines stay for evaluate and rescore). 0 (default): never, the "
+        "baselines stay the SFT policy's.",
+    )
+    group.add_argument(
+        "--contrastive.refresh_prompts", type=int, default=0,
+        help="With --contrastive.refresh_every: how many training prompts each refresh samples, those whose baselines "
+        "are oldest first (dataset order among equals); 0 (default): all of them.",
     )
 
 

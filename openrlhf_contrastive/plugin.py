@@ -8,7 +8,8 @@ OpenRLHF (patched by `openrlhf-contrastive patch`) call, in this order:
     setup(trainer)              start of PPOTrainer.fit: load and validate the store once (run the stage if needed);
                                 its coverage and diagnosis are logged where train_ppo_ray's output shows them
     transform(experiences, a)   every PPO step, after length penalties: r -> contrastive value; logs the metrics of
-                                flags.py (METRIC_*), the batch's spread ratio of r - b to r beside its prediction
+                                flags.py (METRIC_*), the batch's spread ratio of r - b to r beside its prediction;
+                                with --contrastive.refresh_every, first refreshes the baselines when due (refresh.py)
 
 Loading this module has no side effects and imports neither torch nor openrlhf; the object pickles.
 """
@@ -20,7 +21,13 @@ import logging
 from pathlib import Path
 
 from openrlhf_contrastive import stage
-from openrlhf_contrastive.checks import InputError, check_chat_template_date, check_contrastive_args, check_shape_fits_store
+from openrlhf_contrastive.checks import (
+    InputError,
+    check_chat_template_date,
+    check_contrastive_args,
+    check_refresh_args,
+    check_shape_fits_store,
+)
 from openrlhf_contrastive.diagnose import decompose, diagnose, unavailable_reason
 from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
 from openrlhf_contrastive.flags import (
@@ -30,6 +37,7 @@ from openrlhf_contrastive.flags import (
     METRIC_SPREAD_RATIO_PREDICTED,
     add_contrastive_args,
 )
+from openrlhf_contrastive.refresh import Refresher, check_store_for_refresh, in_job_sampler
 from openrlhf_contrastive.shapes import contrastive_batch, parse_shape
 from openrlhf_contrastive.store import HEADER, BaselineStore, StoreError, prompt_keys
 
@@ -41,6 +49,10 @@ class ContrastiveReward:
     def __init__(self) -> None:
         self.store = None  # BaselineStore, loaded by setup() or by the first transform()
         self.predicted_spread_ratio = None  # the store's prediction of std(r - b) / std(r) (None: not decomposable)
+        self.refresher = None  # Refresher, made by setup() with --contrastive.refresh_every (its sampler holds the trainer)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "refresher": None}  # the trainer stays in its process
 
     # -- parse time -----------------------------------------------------------------------------------------
 
@@ -53,6 +65,7 @@ class ContrastiveReward:
         settings = args.contrastive
         try:
             check_contrastive_args(args, estimator=args.algo.advantage.estimator)
+            check_refresh_args(args)
             if args.data.apply_chat_template and not settings.allow_dated_prompts:
                 from openrlhf.utils.utils import get_tokenizer
 
@@ -80,7 +93,9 @@ class ContrastiveReward:
         if has_store:
             try:
                 store = BaselineStore.load(settings.baseline_path)
-                store.check_fingerprint(self.fingerprint(args), settings.accept_fingerprint_mismatch)
+                diffs = store.check_fingerprint(self.fingerprint(args), settings.accept_fingerprint_mismatch)
+                if settings.refresh_every:
+                    check_store_for_refresh(store.path, diffs)
                 # k only: the in-job stage may still add baselines that differ (setup checks the spread)
                 check_shape_fits_store(parse_shape(settings.shape), store, spread=False)
             except (StoreError, InputError) as e:
@@ -118,12 +133,24 @@ class ContrastiveReward:
             if missing and args.contrastive.on_missing == "error":
                 raise ValueError(missing_baselines_message(self.store.path, dataset.prompts, hit, "training prompts"))
             stage.in_job_log(f"contrastive: store {self.store.path} covers {len(hit) - missing} of {len(hit)} training prompts")
+        if args.contrastive.refresh_every:
+            check_store_for_refresh(self.store.path, self.store.check_fingerprint(expected, accept_mismatch=True))
+            start_step = trainer.init_checkpoint_states()["global_step"]  # what fit() resumes from, read the same way
+            self.refresher = Refresher(args, self.store, expected, start_step, dataset.prompts, dataset.labels,
+                                       in_job_sampler(trainer), log=stage.in_job_log)
 
     def load(self, args) -> None:
         """Load and validate the store of `args` unless it is loaded (OpenRLHF keeps one plugin object per process;
         setup() loads it in the trainer, the first transform() in any other process)."""
         if self.store is None or Path(self.store.path) != Path(args.contrastive.baseline_path):
             self.accept(BaselineStore.load(args.contrastive.baseline_path), self.fingerprint(args), args)
+        if args.contrastive.refresh_every and self.refresher is None:
+            raise ValueError(
+                "--contrastive.refresh_every: rewards are being shaped in a process where the plugin's setup(trainer) "
+                "did not run, so there are no engines to refresh the baselines from. OpenRLHF's synchronous "
+                "PPOTrainer (patched by `openrlhf-contrastive patch`) calls both in its own process; run that trainer, "
+                "or train without --contrastive.refresh_every."
+            )
 
     def accept(self, store: BaselineStore, expected: dict, args) -> None:
         """Use `store` if it was made under this run's settings (fingerprint `expected`, or accepted) and can feed
@@ -147,7 +174,12 @@ class ContrastiveReward:
         self.load(args)
         prompts = [p for e in experiences for p in e.prompts]
         labels = [label for e in experiences for label in e.labels] if args.data.label_key else None
-        baselines, hit = self.store.lookup(prompt_keys(prompts, labels))
+        keys = prompt_keys(prompts, labels)
+        if self.refresher is None:
+            baselines, hit = self.store.lookup(keys)
+        else:
+            shift = self.refresher.before_batch()  # the engines still hold the policy that sampled this batch
+            baselines, hit, generation = self.refresher.lookup(keys)
         if not hit.all() and args.contrastive.on_missing == "error":
             raise ValueError(missing_baselines_message(self.store.path, prompts, hit, "rollouts of this PPO batch"))
 
@@ -158,6 +190,9 @@ class ContrastiveReward:
             args.contrastive.coef, self.store.pooled_std,
         )
         metrics.update(self.spread_metrics(metrics[METRIC_RAW_REWARD], metrics[METRIC_REWARD]))
+        if self.refresher is not None:
+            metrics.update(self.refresher.metrics(generation, shift))
+            self.refresher.after_batch()
         sizes = [e.rewards.numel() for e in experiences]
         split = {key: tensor.split(sizes) for key, tensor in metrics.items()}
         for i, experience in enumerate(experiences):

@@ -5,8 +5,9 @@
 
 Printed: k, number of prompts, provenance (the fingerprint the stage wrote), the distribution of the per-prompt
 baseline means and stds, whether a per-prompt baseline can help this reward (`openrlhf_contrastive.diagnose`: the
-variance decomposition and its verdict), the hardest and easiest prompts, and the coverage of the given prompts or
-rollouts; with --json the same figures as one JSON object. The PNG (matplotlib, Agg) shows
+variance decomposition and its verdict), the hardest and easiest prompts, the coverage of the given prompts or
+rollouts, and the refresh generations (--contrastive.refresh_every) with how far b(x) moved at each; with --json the
+same figures as one JSON object. The PNG (matplotlib, Agg) shows
 
     1. per-prompt baseline means, sorted, with the k baseline rewards of each prompt as dots: difficulty
     2. baseline std against baseline mean: reward uncertainty against difficulty
@@ -32,7 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from openrlhf_contrastive.diagnose import Diagnosis, diagnose, spread_ratio
-from openrlhf_contrastive.store import BaselineStore, StoreError, prompt_key, prompt_keys, read_prompt_texts, read_responses
+from openrlhf_contrastive.store import (
+    BaselineStore,
+    StoreError,
+    list_generations,
+    prompt_key,
+    prompt_keys,
+    read_prompt_texts,
+    read_responses,
+)
 
 
 @dataclass
@@ -107,6 +116,27 @@ def prompt_coverage(store: BaselineStore, prompts: list[str], labels: list[str] 
     return float(hit.mean()) if len(hit) else float("nan")
 
 
+def generations(store: BaselineStore) -> list[dict]:
+    """The refresh generations of the store, oldest first: policy step, prompts, mean baseline, and how far b(x) (the
+    mean of a prompt's k baselines) moved from the baselines in use just before it (the newest older generation that
+    holds the prompt, else the SFT store): the mean and the mean absolute shift over its prompts."""
+    current = dict(zip(store.keys.tolist(), store.mean.tolist()))
+    out = []
+    for step, path in list_generations(store.path):
+        generation = BaselineStore.load(path)
+        before = np.array([current.get(key, np.nan) for key in generation.keys.tolist()])
+        moved = generation.mean - before
+        known = np.isfinite(moved)
+        out.append({
+            "policy_step": step, "path": str(path), "prompts": len(generation),
+            "baseline_mean": float(generation.mean.mean()) if len(generation) else None,
+            "mean_shift": float(moved[known].mean()) if known.any() else None,
+            "mean_abs_shift": float(np.abs(moved[known]).mean()) if known.any() else None,
+        })
+        current.update(zip(generation.keys.tolist(), generation.mean.tolist()))
+    return out
+
+
 def describe(store: BaselineStore, rollouts: ScoredRollouts | None = None, coverage: float | None = None, examples: int = 3,
              diagnosis: Diagnosis | None = None) -> str:
     """The text summary `inspect` prints (`diagnosis`: the store's, computed here when not given)."""
@@ -143,6 +173,13 @@ def describe(store: BaselineStore, rollouts: ScoredRollouts | None = None, cover
                 lines.append(f"    prompt ...{texts.get(int(store.keys[i]), '?').partition(chr(0))[0][-60:]!r}")
                 for text, reward in zip(responses.get(int(store.keys[i]), []), store.rewards[i]):
                     lines.append(f"      r {reward:+.3f}  {text[:100]!r}" + ("..." if len(text) > 100 else ""))
+    refreshed = generations(store)
+    if refreshed:
+        lines.append("  refresh generations (--contrastive.refresh_every), sampled from the policy after PPO step s:")
+        for g in refreshed:
+            moved = "" if g["mean_shift"] is None else (
+                f", b(x) moved {g['mean_shift']:+.4f} on average ({g['mean_abs_shift']:.4f} in absolute value)")
+            lines.append(f"    s = {g['policy_step']}: {g['prompts']} prompts, mean baseline {g['baseline_mean']:.4f}{moved}")
     if coverage is not None:
         lines.append(f"  coverage of the given prompts: {coverage:.1%}")
     if rollouts is not None:
@@ -172,6 +209,9 @@ def figures(store: BaselineStore, rollouts: ScoredRollouts | None = None, covera
         "coverage_of_prompts": coverage,
         "rollouts": None,
     }
+    refreshed = generations(store)
+    if refreshed:
+        out["generations"] = refreshed
     if rollouts is not None:
         r, c = rollouts.reward, rollouts.reward - rollouts.baseline
         out["rollouts"] = {
