@@ -49,6 +49,16 @@ def test_every_metric_the_plugin_logs_is_documented():
         assert f"`train/{key}`" in metrics
 
 
+def test_the_refresh_section_names_its_metrics_and_its_cost():
+    refresh = section("Baselines that move with the policy (refresh)")
+    for key in (flags.METRIC_GENERATION, flags.METRIC_GENERATION_AGE, flags.METRIC_REFRESH_GENERATIONS,
+                flags.METRIC_REFRESH_SHIFT):
+        assert f"`train/{key}`" in refresh
+    for text in ("--contrastive.refresh_every", "--contrastive.refresh_prompts", "**Cost.**", "--train.async_enable",
+                 "--contrastive.accept_fingerprint_mismatch", "--ckpt.load_enable", "generations/step-"):
+        assert text in refresh
+
+
 def shape_rows() -> dict[str, str]:
     """`--contrastive.shape` -> its "cancels under" cell, from the README's shape table."""
     rows = {}
