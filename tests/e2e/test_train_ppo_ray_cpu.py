@@ -131,3 +131,16 @@ def test_agent_rewards_feed_the_in_job_stage_and_the_contrastive_value(runs):
         assert scalars["train/contrastive/reward"][step] == pytest.approx(
             scalars["train/contrastive/raw_reward"][step] - scalars["train/contrastive/baseline"][step], abs=ATOL
         )
+
+
+def test_without_refresh_the_store_and_metrics_are_as_before(runs):
+    """--contrastive.refresh_every 0 (the default): no generation, no new header field, no refresh metric."""
+    from openrlhf_contrastive.store import FORMAT
+
+    assert not (runs["store"] / "generations").exists()
+    header = json.loads((runs["store"] / "header.json").read_text())
+    assert header["format"] == FORMAT == "openrlhf-contrastive-store/2"
+    assert set(header) == {"format", "k", "key_scheme", "keep_responses", "fingerprint"}
+    assert not {"policy_step", "run"} & set(header["fingerprint"])
+    for name in ("first", "second", "agent"):
+        assert not [tag for tag in runs[name] if tag.startswith(("train/contrastive/generation", "train/contrastive/refresh"))]
