@@ -203,11 +203,12 @@ class Refresher:
         after, _, _ = self.lookup(keys)
         moved = after.mean(axis=1) - before.mean(axis=1)
         shift = float(moved.mean())
-        self.refreshes[step] = {
-            "policy_step": step, "prompts": len(keys), "generations": len(keys) * self.k,
-            "mean_shift": shift, "mean_abs_shift": float(np.abs(moved).mean()),
-            "baseline_mean": float(after.mean()), "seconds": time.time() - start,
-        }
+        if not (complete and step in self.refreshes):  # a reused generation keeps the record of its sampling
+            self.refreshes[step] = {
+                "policy_step": step, "prompts": len(keys), "generations": len(keys) * self.k,
+                "mean_shift": shift, "mean_abs_shift": float(np.abs(moved).mean()),
+                "baseline_mean": float(after.mean()), "seconds": time.time() - start,
+            }
         self.write_summary()
         self.log(
             f"contrastive: refresh at policy step {step}: {len(keys)} prompts x k={self.k} from the current policy "

@@ -14,7 +14,7 @@ generation 6; each refreshed generation's responses are likelier under the actor
 than under the SFT policy, relative to the SFT store's own responses; every step trained on r minus the mean of the
 generation in use. (With refresh_every 0, nothing of this exists: test_train_ppo_ray_cpu.py.)
 
-Slow: two train_ppo_ray starts (about 3-4 min each on 2 busy cores).
+Slow: about 6.5 min on 2 busy cores (the killed run about 3.7 min, the resumed one 2 min; nearly all process start-up).
 """
 
 import json
