@@ -29,7 +29,7 @@ from openrlhf_contrastive.checks import (
     check_shape_fits_store,
 )
 from openrlhf_contrastive.diagnose import decompose, diagnose, unavailable_reason
-from openrlhf_contrastive.fingerprint import baseline_temperature, training_fingerprint
+from openrlhf_contrastive.fingerprint import baseline_temperature, run_identity, training_fingerprint
 from openrlhf_contrastive.flags import (
     METRIC_RAW_REWARD,
     METRIC_REWARD,
@@ -37,7 +37,7 @@ from openrlhf_contrastive.flags import (
     METRIC_SPREAD_RATIO_PREDICTED,
     add_contrastive_args,
 )
-from openrlhf_contrastive.refresh import Refresher, check_store_for_refresh, in_job_sampler
+from openrlhf_contrastive.refresh import Refresher, check_generations_of_run, check_store_for_refresh, in_job_sampler
 from openrlhf_contrastive.shapes import contrastive_batch, parse_shape
 from openrlhf_contrastive.store import HEADER, BaselineStore, StoreError, prompt_keys
 
@@ -93,9 +93,11 @@ class ContrastiveReward:
         if has_store:
             try:
                 store = BaselineStore.load(settings.baseline_path)
-                diffs = store.check_fingerprint(self.fingerprint(args), settings.accept_fingerprint_mismatch)
+                expected = self.fingerprint(args)
+                diffs = store.check_fingerprint(expected, settings.accept_fingerprint_mismatch)
                 if settings.refresh_every:
                     check_store_for_refresh(store.path, diffs)
+                    check_generations_of_run(store.path, expected, run_identity(args))
                 # k only: the in-job stage may still add baselines that differ (setup checks the spread)
                 check_shape_fits_store(parse_shape(settings.shape), store, spread=False)
             except (StoreError, InputError) as e:

@@ -113,10 +113,7 @@ class Refresher:
     def resume(self, start_step: int) -> None:
         """Take the generations this run made up to `start_step` into use; remove those of later steps."""
         found = list_generations(self.root)
-        for step, path in found:  # every generation must be this run's before anything is removed
-            if holds_baselines(path):
-                compare_fingerprints(read_header(path)["fingerprint"], self.expected(step), path,
-                                     fix=OTHER_RUN_FIX.format(generations=self.root / GENERATIONS))
+        check_generations_of_run(self.root, self.fingerprint, self.run)  # before anything is removed
         summary = self.root / GENERATIONS / REFRESH_SUMMARY
         recorded = json.loads(summary.read_text()).get("refreshes", []) if summary.exists() else []
         for step, path in found:
@@ -227,6 +224,15 @@ class Refresher:
         }
         file.with_name(REFRESH_SUMMARY + ".tmp").write_text(json.dumps(summary, indent=2))
         os.replace(file.with_name(REFRESH_SUMMARY + ".tmp"), file)
+
+
+def check_generations_of_run(root, fingerprint: dict, run: str) -> None:
+    """Every refresh generation in the store at `root` was made by the run `run` (`fingerprint.run_identity`) under
+    the store fingerprint `fingerprint`, else StoreError naming the difference and the fix."""
+    for step, path in list_generations(root):
+        if holds_baselines(path):
+            compare_fingerprints(read_header(path)["fingerprint"], generation_fingerprint(fingerprint, step, run), path,
+                                 fix=OTHER_RUN_FIX.format(generations=Path(root) / GENERATIONS))
 
 
 def check_store_for_refresh(store_path, diffs: list[str]) -> None:

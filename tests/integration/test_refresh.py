@@ -149,11 +149,17 @@ def test_a_complete_generation_at_the_resumed_step_is_used_as_it_is(run):
 
 
 def test_generations_of_another_run_are_refused_and_kept(run):
-    args = train_args(run.store, "--contrastive.refresh_every", "2", "--actor.adam.lr", "0.5")  # another trajectory
+    import copy
+
+    args = copy.deepcopy(run.args)
+    args.actor.adam.lr = 0.5  # another trajectory of policies
     assert run_identity(args) != run_identity(run.args)
     write(generation_path(run.store, 6), generation_fingerprint(run.fingerprint, 6, run_identity(args)), PROMPTS,
           np.zeros((5, K)))
-    with pytest.raises(StoreError, match=r"(?s)run: store has .*belong to the run whose policy sampled them.*move or delete"):
+    refusal = r"(?s)run: store has .*belong to the run whose policy sampled them.*move or delete"
+    with pytest.raises(SystemExit, match=refusal):  # at parse time, before any GPU work
+        train_args(run.store, "--contrastive.refresh_every", "2")
+    with pytest.raises(StoreError, match=refusal):  # and in setup, for a generation that appeared since
         run.refresher(4)
     assert [s for s, _ in list_generations(run.store)] == [2, 4, 6]
 
@@ -167,10 +173,10 @@ def test_a_partial_refresh_samples_the_prompts_with_the_oldest_baselines(run):
 
     from openrlhf_contrastive.refresh import Refresher
 
+    for _, path in list_generations(run.store):  # generations of another run (refresh_prompts 0)
+        shutil.rmtree(path)
     args = train_args(run.store, "--contrastive.refresh_every", "2", "--contrastive.refresh_prompts", "2")
     fingerprint = training_fingerprint(args, K, args.rollout.temperature)
-    for _, path in list_generations(run.store):
-        shutil.rmtree(path)
     write(generation_path(run.store, 2), generation_fingerprint(fingerprint, 2, run_identity(args)), PROMPTS[1:3],
           np.zeros((2, K)))
     def sample(prompts, labels, fingerprint, path):
