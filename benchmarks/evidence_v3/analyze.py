@@ -6,8 +6,10 @@ The lab's analysis (lab/analysis.py: the arm table, the five claims, the reward 
 step and against KL) with v3's names, plus v3's own measures (results.json `extra`):
   - `peak_and_matched_kl`: peak held-out gold along each run and the step where it peaks; gold at matched KL: for
     each seed, the KL at which that seed's `raw` run peaks (train/kl, mean of the 8 steps up to the checkpoint), and
-    each run's held-out gold interpolated at that KL along its own gold-vs-KL path (from the SFT start at KL 0,
-    checkpoints in step order; a run that never reaches that KL has none), paired with raw's peak;
+    each run's best held-out gold at a KL at most that (its gold-vs-KL frontier; added after seed 1, see
+    best_within_kl) and its gold interpolated where its path (the SFT start at KL 0, then the checkpoints in step
+    order) first reaches that KL (the measure configured first; a run that never reaches it has none), each
+    paired with raw's peak;
   - `served_and_cost`: at the end, the empty-response share and P(EOS first) of the policy sampled as served, gold
     sampled as served and as OpenRLHF's rollouts sample, generations, wall time and peak memory of the run;
   - `predictions`: predict.py's table (the store's prediction beside the outcome for every RM), once it has run.
@@ -54,10 +56,27 @@ def gold_at_kl(path: list[tuple[float, float, int]], kl: float) -> float | None:
     return None
 
 
+def best_within_kl(path: list[tuple[float, float, int]], kl: float) -> float:
+    """The run's gold-vs-KL frontier at `kl`: the highest gold of its points (the SFT start included) whose KL is at
+    most `kl`. Added after seed 1's results: KL is not monotonic along these runs (it rises over the first 20-40
+    steps, then falls while gold rises), so where a path "first reaches" a KL is in its early dip, and
+    gold_at_kl there compares dips, not policies."""
+    return max(g for k, g, _ in path if k <= kl)
+
+
 def peak(run: dict) -> tuple[float, int]:
     """The highest held-out gold along the run and its step."""
     step = max(run["along"], key=lambda k: (run["along"][k]["heldout"]["gold"], -int(k)))
     return run["along"][step]["heldout"]["gold"], int(step)
+
+
+def raw_of(cfg: dict, arm: str) -> str:
+    """The raw arm a run is matched with: `gae` on the same reward model without --reward_fn (raw_weak for the
+    weaker RM's arms); `raw` for the oracle."""
+    a = cfg["arms"][arm]
+    same = [name for name, b in cfg["arms"].items()
+            if b["reward"] == a["reward"] and b["estimator"] == "gae" and not b["reward_flags"]]
+    return same[0] if same and a["reward"] != "gold" else "raw"
 
 
 def peak_and_matched_kl(work: Path, cfg: dict, summary: dict) -> tuple[dict, str]:
@@ -66,24 +85,35 @@ def peak_and_matched_kl(work: Path, cfg: dict, summary: dict) -> tuple[dict, str
     out: dict = {}
     if sft_gold is None:
         return out, ""
-    raw = runs.get("raw", {})
-    target = {seed: analysis.kl_at(r, peak(r)[1]) for seed, r in raw.items()}
     for arm, by_seed in runs.items():
+        ref = raw_of(cfg, arm)
+        raw = runs.get(ref, {})
+        target = {seed: analysis.kl_at(r, peak(r)[1]) for seed, r in raw.items()}
         at_kl = {seed: gold_at_kl(gold_path(r, sft_gold), target[seed]) for seed, r in by_seed.items()
                  if target.get(seed) is not None}
         reached = {seed: g for seed, g in at_kl.items() if g is not None}
-        out[arm] = {"peak_heldout_gold": ci([peak(r)[0] for r in by_seed.values()]),
+        frontier = {seed: best_within_kl(gold_path(r, sft_gold), target[seed]) for seed, r in by_seed.items()
+                    if target.get(seed) is not None}
+        out[arm] = {"raw_arm": ref, "peak_heldout_gold": ci([peak(r)[0] for r in by_seed.values()]),
                     "peak_step": {seed: peak(r)[1] for seed, r in sorted(by_seed.items())},
                     "raw_peak_kl": {seed: target[seed] for seed in sorted(at_kl)},
                     "gold_at_raw_peak_kl": ci(list(reached.values())),
                     "seeds_not_reaching_raw_peak_kl": sorted(set(at_kl) - set(reached)),
-                    "gold_at_raw_peak_kl_minus_raw_peak": ci([g - peak(raw[seed])[0] for seed, g in reached.items()])}
-    lines = ["Peak and matched KL (gold at the KL where the same seed's raw run peaks, along each run's own path):", "",
-             "| arm | peak held-out gold | peak step by seed | gold at raw's peak KL | minus raw's peak (paired) "
-             "| seeds not reaching that KL |", "|---|---|---|---|---|---|"]
+                    "gold_at_raw_peak_kl_minus_raw_peak": ci([g - peak(raw[seed])[0] for seed, g in reached.items()]),
+                    "best_within_raw_peak_kl": ci([frontier[seed] for seed in sorted(frontier)]),
+                    "best_within_raw_peak_kl_minus_raw_peak": ci([frontier[seed] - peak(raw[seed])[0]
+                                                                  for seed in sorted(frontier)])}
+    lines = ["Peak and matched KL (the KL where the same seed's raw run on the same RM peaks: the best gold a run reached within "
+             "that KL, its frontier; and gold where its path first reaches that KL, which lies in the early dip "
+             "because KL is not monotonic along these runs):", "",
+             "| arm (its raw) | peak held-out gold | peak step by seed | best gold within raw's peak KL | minus raw's peak "
+             "(paired) | gold where the path first reaches it | minus raw's peak (paired) | seeds not reaching that "
+             "KL |", "|---|---|---|---|---|---|---|---|"]
     for arm, a in out.items():
         steps = ", ".join(f"{seed}: {step}" for seed, step in a["peak_step"].items())
-        lines.append(f"| {arm} | {analysis.fmt(a['peak_heldout_gold'])} | {steps} "
+        lines.append(f"| {arm} ({a['raw_arm']}) | {analysis.fmt(a['peak_heldout_gold'])} | {steps} "
+                     f"| {analysis.fmt(a['best_within_raw_peak_kl'])} "
+                     f"| {analysis.fmt(a['best_within_raw_peak_kl_minus_raw_peak'])} "
                      f"| {analysis.fmt(a['gold_at_raw_peak_kl'])} "
                      f"| {analysis.fmt(a['gold_at_raw_peak_kl_minus_raw_peak'])} "
                      f"| {', '.join(map(str, a['seeds_not_reaching_raw_peak_kl'])) or '-'} |")
