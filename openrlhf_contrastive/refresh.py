@@ -41,7 +41,7 @@ from openrlhf_contrastive.flags import (
     METRIC_REFRESH_GENERATIONS,
     METRIC_REFRESH_SHIFT,
 )
-from openrlhf_contrastive.stage import run_stage, unique_prompts
+from openrlhf_contrastive.stage import in_job_log, run_stage, unique_prompts
 from openrlhf_contrastive.store import (
     GENERATIONS,
     REFRESH_SUMMARY,
@@ -69,8 +69,6 @@ def due(policy_step: int, every: int) -> bool:
 def in_job_sampler(trainer):
     """`sample(prompts, labels, fingerprint, path)` for a Refresher: the stage on the trainer's own vLLM engines (which
     hold the current policy) and reward group, logging where train_ppo_ray's output shows it."""
-    from openrlhf_contrastive.stage import in_job_log
-
     backend = []  # wrapped at the first refresh that samples
 
     def sample(prompts, labels, fingerprint: dict, path) -> dict:
