@@ -133,6 +133,35 @@ def ppo_settings(cfg: dict, s: dict, arm: str, seed: int) -> harness.PPO:
                        critic_lr=p["critic_lr"], kl_init_coef=p["kl_init_coef"], max_epochs=p.get("max_epochs", 1))
 
 
+def refreshes(arm_cfg: dict) -> bool:
+    """Whether the arm refreshes its baselines from the current policy (--contrastive.refresh_every)."""
+    return "--contrastive.refresh_every" in arm_cfg["reward_flags"]
+
+
+def store_path(cfg: dict, arm: str, work: Path, out: Path) -> Path:
+    """The arm's baseline store: one per reward model, shared by its contrastive arms and written by the first of
+    their runs; a refreshing arm's run gets its own copy of it (`out`/baselines), because the refresh generations
+    it writes belong to that run."""
+    return out / "baselines" if refreshes(cfg["arms"][arm]) else work / f"baselines_{cfg['arms'][arm]['reward']}"
+
+
+def arm_env(work: Path, arm_cfg: dict, env: dict) -> tuple[dict, str]:
+    """The environment of an arm's runs and the plugin commit they run: the experiment's frozen plugin, or, for an
+    arm that names `plugin_commit` (a later addition that needs later plugin code), that commit frozen beside it."""
+    if "plugin_commit" not in arm_cfg:
+        return env, (work / "pkg_commit.txt").read_text().strip()
+    package, commit = harness.snapshot_package(work, arm_cfg["plugin_commit"])
+    return harness.run_env(package, EVIDENCE_CONFIG=env["EVIDENCE_CONFIG"]), commit
+
+
+def refresh_summary(store: Path) -> dict | None:
+    """The run's refresh summary (openrlhf_contrastive.refresh: generations/refresh.json), if it refreshed."""
+    from openrlhf_contrastive.store import GENERATIONS, REFRESH_SUMMARY
+
+    path = store / GENERATIONS / REFRESH_SUMMARY
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def run_flags(cfg: dict, s: dict, arm: str, seed: int, work: Path, out: Path) -> list[str]:
     p, a = cfg["ppo"], cfg["arms"][arm]
     sampling = harness.Sampling(p["data_max_len"], p["max_new_tokens"], p["temperature"])
@@ -140,7 +169,7 @@ def run_flags(cfg: dict, s: dict, arm: str, seed: int, work: Path, out: Path) ->
              + harness.CPU_PLACEMENT + harness.ppo_flags(ppo_settings(cfg, s, arm, seed), work / "sft")
              + harness.output_flags(out) + list(a["reward_flags"]))
     if "--reward_fn" in a["reward_flags"]:
-        flags += ["--contrastive.baseline_path", str(work / f"baselines_{a['reward']}"), "--contrastive.k", str(p["k"])]
+        flags += ["--contrastive.baseline_path", str(store_path(cfg, arm, work, out)), "--contrastive.k", str(p["k"])]
     every, _ = checkpoint_steps(cfg, s)
     return flags + ["--ckpt.save_steps", str(every), "--ckpt.save_hf", "--ckpt.disable_ds", "--ckpt.max_num", "1000"]
 
@@ -175,13 +204,13 @@ def cpu_model() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs"
 
 
-def provenance(cfg: dict, work: Path, arm: str, rm_dirs: dict) -> dict:
+def provenance(cfg: dict, work: Path, arm: str, rm_dirs: dict, commit: str) -> dict:
     """What a result depends on that a later session rebuilds: the plugin commit, the SFT policy's and the reward
     model's content digests, the machine. Runs archived by different sessions are comparable when these agree."""
     from openrlhf_contrastive.fingerprint import content_digest
 
     rm = cfg["arms"][arm]["reward"]
-    return {"plugin_commit": (work / "pkg_commit.txt").read_text().strip(),
+    return {"plugin_commit": commit,
             "sft_digest": content_digest(str(work / "sft"), full=True),
             "rm_digest": content_digest(str(rm_dirs[rm]), full=True) if rm in rm_dirs else None,
             "rm_digests": {name: content_digest(str(path), full=True) for name, path in sorted(rm_dirs.items())},
@@ -226,7 +255,14 @@ def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_
     out.mkdir(parents=True)
     a, p = cfg["arms"][arm], cfg["ppo"]
     flags = run_flags(cfg, s, arm, seed, work, out)
-    wrote_store = "--reward_fn" in a["reward_flags"] and not (work / f"baselines_{a['reward']}" / "header.json").exists()
+    env, commit = arm_env(work, a, env)
+    store = store_path(cfg, arm, work, out)
+    shared = work / f"baselines_{a['reward']}"
+    if refreshes(a) and (shared / "header.json").exists():  # the SFT baselines, without any run's generations
+        from openrlhf_contrastive.store import GENERATIONS
+
+        shutil.copytree(shared, store, ignore=shutil.ignore_patterns(GENERATIONS))
+    wrote_store = "--reward_fn" in a["reward_flags"] and not (store / "header.json").exists()
     (out / "command.json").write_text(json.dumps(harness.launch_command(flags), indent=1))
     rc, seconds, attempts, memory = train(flags, out, env, f"{arm} seed {seed}")
     if rc != 0:
@@ -244,19 +280,22 @@ def one_run(cfg: dict, s: dict, arm: str, seed: int, work: Path, sets: dict, rm_
     steps = sorted(scalars.get("train/reward", {}))
     online = len(steps) * a.get("prompts_per_step", p["prompts_per_step"] // n) * n
     offline = p["k"] * s["n_train"] if "--reward_fn" in a["reward_flags"] else 0
+    refreshed = refresh_summary(store) if refreshes(a) else None
+    refresh = refreshed["refresh_generations"] if refreshed else 0
     final = along[points[-1]]
     result = {
         "arm": arm, "seed": seed, "wall_s": seconds, "attempts": attempts, "eval_s": time.time() - t0,
         "memory": memory,  # of the train_ppo_ray run, every process of it; not the evaluation
         "steps": len(steps),
-        "generations": {"online": online, "offline": offline, "total": online + offline,
+        "generations": {"online": online, "offline": offline, "refresh": refresh, "total": online + offline + refresh,
                         "rollouts_per_prompt_per_step": n},
+        "refresh": refreshed,  # each refresh's policy step, prompts, generations, shift of b(x) and seconds
         "wrote_store": wrote_store,  # its wall time includes the in-job stage
         "heldout": {k: final["heldout"][k] for k in ("gold", "gold_win_rate_vs_sft", "mean_chars", "empty",
                                                       "p_eos_first", "rollout_style")},
         "along": {str(k): v for k, v in along.items()},
         "scalars": scalars,
-        "provenance": provenance(cfg, work, arm, rm_dirs),
+        "provenance": provenance(cfg, work, arm, rm_dirs, commit),
     }
     (out / "result.json").write_text(json.dumps(result))
     if archived:

@@ -235,15 +235,18 @@ def tail(path: Path, lines: int = 40) -> str:
     return "".join(Path(path).read_text(errors="replace").splitlines(keepends=True)[-lines:])
 
 
-def snapshot_package(work: Path) -> tuple[Path, str]:
+def snapshot_package(work: Path, commit: str | None = None) -> tuple[Path, str]:
     """Freeze the plugin at the commit an experiment started from: `git archive HEAD openrlhf_contrastive` into
     work/pkg (run_env(package=...) puts it first on PYTHONPATH, ahead of the editable install). Other work in the
-    same tree then cannot change the code under a running experiment; resumes reuse it. (path, commit)."""
-    pkg, stamp = work / "pkg", work / "pkg_commit.txt"
+    same tree then cannot change the code under a running experiment; resumes reuse it. (path, commit).
+    `commit`: an arm that needs a later plugin (a later addition to a config) names its commit, frozen beside the
+    first in work/pkg-<12 hex digits> the same way."""
+    pkg = work / ("pkg" if commit is None else f"pkg-{commit[:12]}")
+    stamp = pkg.with_name(pkg.name + "_commit.txt")
     if not stamp.exists():
         shutil.rmtree(pkg, ignore_errors=True)
         pkg.mkdir(parents=True)
-        commit = subprocess.check_output(["git", "-C", str(REPO), "rev-parse", "HEAD"], text=True).strip()
+        commit = subprocess.check_output(["git", "-C", str(REPO), "rev-parse", commit or "HEAD"], text=True).strip()
         archive = subprocess.check_output(["git", "-C", str(REPO), "archive", commit, "openrlhf_contrastive"])
         subprocess.run(["tar", "-x", "-C", str(pkg)], input=archive, check=True)
         stamp.write_text(commit + "\n")

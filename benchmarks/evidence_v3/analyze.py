@@ -12,6 +12,11 @@ step and against KL) with v3's names, plus v3's own measures (results.json `extr
     paired with raw's peak;
   - `served_and_cost`: at the end, the empty-response share and P(EOS first) of the policy sampled as served, gold
     sampled as served and as OpenRLHF's rollouts sample, generations, wall time and peak memory of the run;
+  - `refresh` (issue 25, a later addition): each arm that refreshes its baselines from the current policy
+    (--contrastive.refresh_every) against the same arm without refresh, paired by seed: held-out gold at the end,
+    and at equal total generations (offline + online + refresh: its gold interpolated along its checkpoints where
+    it had spent what the arm without refresh spent in its whole run); the refreshes' cost and how far b(x) moved;
+    the share of rollouts beating their baseline over the last 32 steps (a stale baseline is beaten more often);
   - `predictions`: predict.py's table (the store's prediction beside the outcome for every RM), once it has run.
 The claims compare cr_mean with raw and reinforce_cr with reinforce_raw (the same estimator without the store);
 robustness is cr_mean's gain over raw with the weaker reward model (rm_weak, seeds 1-3) minus that with rm_noisy.
@@ -132,7 +137,8 @@ def served_and_cost(runs: dict) -> tuple[dict, str]:
         rs = [r for _, r in sorted(by_seed.items()) if "p_eos_first" in r["heldout"]]
         if not rs:
             continue
-        g = rs[0]["generations"]
+        g = {key: round(sum(r["generations"].get(key, 0) for r in rs) / len(rs))  # the mean over runs
+             for key in ("online", "offline", "refresh", "total")}
         out[arm] = {"runs": len(rs),
                     "empty_served": ci([r["heldout"]["empty"] for r in rs]),
                     "p_eos_first": ci([r["heldout"]["p_eos_first"] for r in rs]),
@@ -145,14 +151,117 @@ def served_and_cost(runs: dict) -> tuple[dict, str]:
     lines = ["Served policy and cost per run (held-out prompts at the end; memory of the whole train_ppo_ray run, "
              "sampled each second; runs of this code only):", "",
              "| arm | runs | empty responses (served) | P(EOS first) | gold served | gold as rolled out (EOS masked "
-             "first) | generations (online + offline) | wall s | peak memory GiB, PSS (RSS summed) |",
+             "first) | generations (online + offline + refresh) | wall s | peak memory GiB, PSS (RSS summed) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for arm, a in out.items():
         g = a["generations"]
         lines.append(f"| {arm} | {a['runs']} | {analysis.fmt(a['empty_served'])} | {analysis.fmt(a['p_eos_first'])} "
                      f"| {analysis.fmt(a['gold_served'])} | {analysis.fmt(a['gold_as_rolled_out'])} "
-                     f"| {g['online']} + {g['offline']} | {analysis.fmt(a['wall_s'], 0)} "
+                     f"| {g['online']} + {g['offline']} + {g.get('refresh', 0)} | {analysis.fmt(a['wall_s'], 0)} "
                      f"| {analysis.fmt(a['peak_pss_gib'], 2)} ({a['peak_rss_gib']['mean']:.2f}) |")
+    return out, "\n".join(lines)
+
+
+REFRESH_FLAGS = ("--contrastive.refresh_every", "--contrastive.refresh_prompts")
+
+
+def without_refresh(cfg: dict, arm: str) -> str | None:
+    """The arm a refreshing arm is compared with: the same reward, estimator, samples and reward flags but the
+    refresh flags (and their values); None for an arm that does not refresh."""
+    a = cfg["arms"][arm]
+    flags = a["reward_flags"]
+    kept = [f for i, f in enumerate(flags) if f not in REFRESH_FLAGS and (i == 0 or flags[i - 1] not in REFRESH_FLAGS)]
+    if kept == flags:
+        return None
+    same = [name for name, b in cfg["arms"].items() if b["reward_flags"] == kept and all(
+        b.get(key) == a.get(key) for key in ("reward", "estimator", "n_samples_per_prompt", "prompts_per_step"))]
+    return same[0] if same else None
+
+
+def generations_at(run: dict, step: int) -> float:
+    """Generations a run had spent by the end of PPO step `step`: offline (the SFT store), online (its rollouts, the
+    same number every step) and the refreshes sampled before that step (a refresh at policy step p runs before the
+    batch of step p + 1)."""
+    g = run["generations"]
+    refreshes = (run.get("refresh") or {}).get("refreshes", [])
+    return (g["offline"] + g["online"] / run["steps"] * step
+            + sum(r["generations"] for r in refreshes if r["policy_step"] < step))
+
+
+def gold_at_generations(run: dict, sft_gold: float, spent: float) -> float | None:
+    """Held-out gold linearly interpolated along the run (the SFT start at its offline generations, then every
+    checkpoint) where it had spent `spent` generations; None if the run ended first."""
+    path = [(run["generations"]["offline"], sft_gold)] + [
+        (generations_at(run, int(k)), run["along"][k]["heldout"]["gold"]) for k in sorted(run["along"], key=int)]
+    for (n0, g0), (n1, g1) in zip(path, path[1:]):
+        if n0 <= spent <= n1:
+            return g0 if n1 == n0 else g0 + (g1 - g0) * (spent - n0) / (n1 - n0)
+    return None
+
+
+def beat_share_last(run: dict, steps: int = 32) -> float | None:
+    """Mean share of rollouts beating their stored baseline over the run's last `steps` PPO steps."""
+    series = run["scalars"].get("train/contrastive/beat_baseline", {})
+    last = sorted(series, key=int)[-steps:]
+    return sum(series[k] for k in last) / len(last) if last else None
+
+
+def refresh_comparison(cfg: dict, runs: dict, sft_gold: float | None) -> tuple[dict, str]:
+    """Each refreshing arm against the same arm without refresh (issue 25), paired by seed; and its table."""
+    out: dict = {}
+    for arm, by_seed in runs.items():
+        base = without_refresh(cfg, arm)
+        if base is None or sft_gold is None:
+            continue
+        ref = runs.get(base, {})
+        paired = sorted(set(by_seed) & set(ref))
+        refreshes = [r for run in by_seed.values() for r in (run.get("refresh") or {}).get("refreshes", [])]
+        equal = {seed: gold_at_generations(by_seed[seed], sft_gold, ref[seed]["generations"]["total"])
+                 for seed in paired}
+        out[arm] = {
+            "without_refresh": base,
+            "refresh_every": cfg["arms"][arm]["reward_flags"][
+                cfg["arms"][arm]["reward_flags"].index("--contrastive.refresh_every") + 1],
+            "runs": len(by_seed), "paired_seeds": paired,
+            "generations": ci([r["generations"]["total"] for r in by_seed.values()]),
+            "generations_without": ci([r["generations"]["total"] for r in ref.values()]),
+            "refresh_generations": ci([r["generations"].get("refresh", 0) for r in by_seed.values()]),
+            "refresh_seconds_per_run": ci([sum(x["seconds"] for x in (r.get("refresh") or {}).get("refreshes", []))
+                                           for r in by_seed.values()]),
+            "wall_s": ci([r["wall_s"] for r in by_seed.values()]),
+            "wall_s_without": ci([r["wall_s"] for r in ref.values()]),
+            "mean_abs_shift": ci([x["mean_abs_shift"] for x in refreshes]),
+            "mean_shift": ci([x["mean_shift"] for x in refreshes]),
+            "beat_share_last_32": ci([beat_share_last(r) for r in by_seed.values()]),
+            "beat_share_last_32_without": ci([beat_share_last(r) for r in ref.values()]),
+            "heldout_gold": ci([r["heldout"]["gold"] for r in by_seed.values()]),
+            "heldout_gold_minus_without": ci([by_seed[seed]["heldout"]["gold"] - ref[seed]["heldout"]["gold"]
+                                              for seed in paired]),
+            "gold_at_equal_generations": ci([equal[seed] for seed in paired]),
+            "gold_at_equal_generations_minus_without": ci([
+                equal[seed] - ref[seed]["heldout"]["gold"] for seed in paired if equal[seed] is not None]),
+        }
+    if not out:
+        return out, ""
+    lines = ["Baselines refreshed from the current policy (issue 25, a later addition): each refreshing arm against the "
+             "same arm without refresh, paired by seed; generations are offline + online + refresh, and 'at equal "
+             "generations' is the refreshing run's held-out gold interpolated along its checkpoints where it had "
+             "spent what the arm without refresh spent in its whole run:", "",
+             "| arm (without refresh) | runs | refresh every | generations (without) | refresh s per run | wall s "
+             "(without) | mean abs shift of b(x) per refresh | beating b(x), last 32 steps (without) | held-out gold "
+             "| minus without (paired) | gold at equal generations | minus without's end (paired) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, a in out.items():
+        lines.append(
+            f"| {arm} ({a['without_refresh']}) | {a['runs']} | {a['refresh_every']} "
+            f"| {analysis.fmt(a['generations'], 0)} ({analysis.fmt(a['generations_without'], 0)}) "
+            f"| {analysis.fmt(a['refresh_seconds_per_run'], 0)} "
+            f"| {analysis.fmt(a['wall_s'], 0)} ({analysis.fmt(a['wall_s_without'], 0)}) "
+            f"| {analysis.fmt(a['mean_abs_shift'])} "
+            f"| {analysis.fmt(a['beat_share_last_32'])} ({analysis.fmt(a['beat_share_last_32_without'])}) "
+            f"| {analysis.fmt(a['heldout_gold'])} | {analysis.fmt(a['heldout_gold_minus_without'])} "
+            f"| {analysis.fmt(a['gold_at_equal_generations'])} "
+            f"| {analysis.fmt(a['gold_at_equal_generations_minus_without'])} |")
     return out, "\n".join(lines)
 
 
@@ -171,9 +280,12 @@ def predictions() -> tuple[dict | None, str]:
 def analyze(work: Path, results_dir: Path, cfg: dict, s: dict, archive: Path | None = None) -> dict:
     def extra(work: Path, cfg: dict, summary: dict) -> tuple[dict, str]:
         peak_kl, peak_text = peak_and_matched_kl(work, cfg, summary)
-        served, served_text = served_and_cost(load_runs(work))
+        runs = load_runs(work)
+        served, served_text = served_and_cost(runs)
+        refresh, refresh_text = refresh_comparison(cfg, runs, summary["sft"]["heldout_gold"])
         predicted, predicted_text = predictions()
-        return ({"peak_and_matched_kl": peak_kl, "served_and_cost": served, "predictions": predicted},
-                "\n\n".join(t for t in (peak_text, served_text, predicted_text) if t))
+        return ({"peak_and_matched_kl": peak_kl, "served_and_cost": served, "refresh": refresh,
+                 "predictions": predicted},
+                "\n\n".join(t for t in (peak_text, served_text, refresh_text, predicted_text) if t))
 
     return analysis.analyze(work, results_dir, cfg, s, V3, archive, extra=extra)
