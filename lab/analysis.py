@@ -337,6 +337,7 @@ def table(summary: dict) -> str:
             continue
         g = a["generations_per_run"]
         gens = f"{g['online']} + {g['offline']} offline" if g["offline"] else f"{g['online']}"
+        gens += f" + {g['refresh']} refresh" if g.get("refresh") else ""
         lines.append(
             f"| {arm} | {a['runs_done']} | {fmt(a['heldout_gold_final'])} | {fmt(a['heldout_gold_win_rate_vs_sft'])} "
             f"| {fmt(a.get('paired_vs_raw', {}).get('heldout_gold_diff'))} | {fmt(a.get('oracle_gain_recovered'), 2)} "
