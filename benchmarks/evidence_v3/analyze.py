@@ -53,12 +53,17 @@ def gold_path(run: dict, sft_gold: float) -> list[tuple[float, float, int]]:
     return points
 
 
+def first_crossing(points: list[tuple[float, float]], x: float) -> float | None:
+    """y linearly interpolated where the path of (x, y) points first reaches `x`; None if it never does."""
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1 or x1 <= x <= x0:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
 def gold_at_kl(path: list[tuple[float, float, int]], kl: float) -> float | None:
     """Gold linearly interpolated where the path first reaches `kl`; None if it never does."""
-    for (k0, g0, _), (k1, g1, _) in zip(path, path[1:]):
-        if k0 <= kl <= k1 or k1 <= kl <= k0:
-            return g0 if k1 == k0 else g0 + (g1 - g0) * (kl - k0) / (k1 - k0)
-    return None
+    return first_crossing([(k, g) for k, g, _ in path], kl)
 
 
 def best_within_kl(path: list[tuple[float, float, int]], kl: float) -> float:
@@ -193,10 +198,7 @@ def gold_at_generations(run: dict, sft_gold: float, spent: float) -> float | Non
     checkpoint) where it had spent `spent` generations; None if the run ended first."""
     path = [(run["generations"]["offline"], sft_gold)] + [
         (generations_at(run, int(k)), run["along"][k]["heldout"]["gold"]) for k in sorted(run["along"], key=int)]
-    for (n0, g0), (n1, g1) in zip(path, path[1:]):
-        if n0 <= spent <= n1:
-            return g0 if n1 == n0 else g0 + (g1 - g0) * (spent - n0) / (n1 - n0)
-    return None
+    return first_crossing(path, spent)
 
 
 def beat_share_last(run: dict, steps: int = 32) -> float | None:
