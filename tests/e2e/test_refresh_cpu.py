@@ -3,9 +3,12 @@
 `first`: 4 prompts, one rollout per PPO step, 2 episodes (8 PPO steps), `gae`, an actor learning rate high enough
 that a tiny policy moves visibly in two steps (its tokenizer has one token per character, so that a kept response's
 text tokenizes back to the tokens the engine sampled); the in-job stage writes the SFT store (k = 4, responses kept), the
-baselines are refreshed every 2 steps, DeepSpeed and HF checkpoints every 2 steps. Its whole process session is
-killed (SIGKILL) as soon as refresh.json records the refresh at policy step 4, i.e. inside PPO step 5, before the
-checkpoint of step 6. `resumed`: the same flags plus --ckpt.load_enable: it resumes from the checkpoint of step 4.
+baselines are refreshed every 2 steps, DeepSpeed and HF checkpoints every 2 steps. Once refresh.json records the
+refresh at policy step 4 (inside PPO step 5), the reward function parks the run at its next call, inside step 6 and
+before its checkpoint (reward_func_text.py, REWARD_HOLD); the test then kills its whole process session (SIGKILL). A
+fixed point, however fast the machine: killing on sight of the record raced step 5, which a fast machine finished
+within the 0.2 s poll. `resumed`: the same
+flags plus --ckpt.load_enable: it resumes from the checkpoint of step 4.
 
 Checked: the generation in use and its age at every step (0, 0, 2, 2 | 4, 4, 6, 6: a refresh at policy steps 2, 4
 and 6, each used by the batch its policy sampled and the next one), the refresh generations spent and the logged
@@ -14,7 +17,8 @@ generation 6; each refreshed generation's responses are likelier under the actor
 than under the SFT policy, relative to the SFT store's own responses; every step trained on r minus the mean of the
 generation in use. (With refresh_every 0, nothing of this exists: test_train_ppo_ray_cpu.py.)
 
-Slow: about 6.5 min on 2 busy cores (the killed run about 3.7 min, the resumed one 2 min; nearly all process start-up).
+Slow: about 2 min on 2 quiet cores, 6.5 min on busy ones (the killed run about 55 s quiet, the resumed one 60 s; nearly
+all process start-up).
 """
 
 import json
@@ -32,7 +36,7 @@ REWARD_FILE = Path(__file__).parent / "reward_func_text.py"
 EVERY = 2
 PPO = harness.PPO(estimator="gae", prompts_per_step=1, episodes=2, seed=42, warmup_ratio=None, actor_lr=1e-2)
 STEPS = len(QUESTIONS) * PPO.episodes  # 8
-KILLED_AFTER_REFRESH = 4  # the refresh whose record triggers the kill (inside step 5); checkpoint 4 is the latest
+KILLED_AFTER_REFRESH = 4  # the refresh after whose record the run is parked (inside step 6); checkpoint 4 is the latest
 
 
 def build_char_policy(out_dir: Path) -> Path:
@@ -83,13 +87,14 @@ def refreshed(store: Path) -> set[int]:
         return set()
 
 
-def run_until_refresh(command: list[str], out: Path, store: Path, step: int) -> tuple[int | None, float]:
-    """Start the run; kill its whole session once the refresh at policy step `step` is recorded. (exit code if it
-    ended by itself else None, seconds)."""
-    start = time.time()
-    process = harness.start_in_own_session(command, out / "train.log", cwd=out, env=harness.run_env())
+def run_until_held(command: list[str], out: Path, store: Path, step: int) -> tuple[int | None, float]:
+    """Start the run with the reward function set to park it after the refresh at policy step `step`; kill its whole
+    session once it is parked. (exit code if it ended by itself else None, seconds)."""
+    start, held = time.time(), out / "reward_held"
+    env = harness.run_env(REWARD_HOLD=f"{store / 'generations' / 'refresh.json'}:{step}", REWARD_HELD=str(held))
+    process = harness.start_in_own_session(command, out / "train.log", cwd=out, env=env)
     try:
-        while process.poll() is None and step not in refreshed(store) and time.time() - start < RUN_TIMEOUT_S:
+        while process.poll() is None and not held.exists() and time.time() - start < RUN_TIMEOUT_S:
             time.sleep(0.2)
         return process.poll(), time.time() - start
     finally:
@@ -108,11 +113,12 @@ def runs(tmp_path_factory):
     out, store = work / "run", work / "store"
     out.mkdir()
     command = harness.launch_command(flags(work, out))
-    rc, seconds = run_until_refresh(command, out, store, KILLED_AFTER_REFRESH)
+    rc, seconds = run_until_held(command, out, store, KILLED_AFTER_REFRESH)
     print(f"first: killed after {seconds:.0f} s")
-    assert rc is None, f"the first run ended by itself ({rc}) before refreshing at step 4:\n{harness.tail(out / 'train.log', 60)}"
+    assert rc is None, f"the first run ended by itself ({rc}) before it was parked after the refresh at step 4:\n{harness.tail(out / 'train.log', 60)}"
     first = harness.read_scalars(out / "tb")
-    killed = {"sft": store_files(store), "generation 4": store_files(store / "generations" / "step-000004")}
+    killed = {"sft": store_files(store), "generation 4": store_files(store / "generations" / "step-000004"),
+              "checkpoints": sorted(p.name for p in (out / "ckpt" / "checkpoints" / "_actor").glob("global_step*"))}
     resumed_tb = out / "tb_resumed"
     start = time.time()
     rc = harness.run_in_own_session(command + ["--ckpt.load_enable", "--logger.tensorboard_dir", str(resumed_tb)],
@@ -124,17 +130,16 @@ def runs(tmp_path_factory):
 
 
 def test_killed_run_stopped_after_the_refresh_of_step_4_with_checkpoint_4_its_latest(runs):
-    checkpoints = runs["out"] / "ckpt" / "checkpoints" / "_actor"
-    assert (checkpoints / "global_step4").is_dir()
-    assert set(runs["first"]["train/contrastive/generation"]) <= {1, 2, 3, 4}  # killed inside step 5
+    assert runs["killed"]["checkpoints"] == ["global_step2", "global_step4"]  # as the kill left them
+    assert set(runs["first"]["train/contrastive/generation"]) == {1, 2, 3, 4, 5}  # killed inside step 6
 
 
 def test_the_generation_in_use_changes_at_the_refresh_steps(runs):
     first, resumed = runs["first"], runs["resumed"]
     expected = {1: 0, 2: 0, 3: 2, 4: 2, 5: 4, 6: 4, 7: 6, 8: 6}  # step t trains on the batch of policy step t - 1
-    logged = {**first["train/contrastive/generation"], **resumed["train/contrastive/generation"]}
-    assert set(first["train/contrastive/generation"]) == {1, 2, 3, 4}
+    assert first["train/contrastive/generation"] == {t: expected[t] for t in range(1, 6)}
     assert set(resumed["train/contrastive/generation"]) == {5, 6, 7, 8}
+    logged = {**first["train/contrastive/generation"], **resumed["train/contrastive/generation"]}
     assert logged == expected
     ages = {**first["train/contrastive/generation_age"], **resumed["train/contrastive/generation_age"]}
     assert ages == {t: (t - 1) - g for t, g in expected.items()}
