@@ -7,8 +7,7 @@ baselines are refreshed every 2 steps, DeepSpeed and HF checkpoints every 2 step
 refresh at policy step 4 (inside PPO step 5), the reward function parks the run at its next call, inside step 6 and
 before its checkpoint (reward_func_text.py, REWARD_HOLD); the test then kills its whole process session (SIGKILL). A
 fixed point, however fast the machine: killing on sight of the record raced step 5, which a fast machine finished
-within the 0.2 s poll. `resumed`: the same
-flags plus --ckpt.load_enable: it resumes from the checkpoint of step 4.
+within the 0.2 s poll. `resumed`: the same flags plus --ckpt.load_enable: it resumes from the checkpoint of step 4.
 
 Checked: the generation in use and its age at every step (0, 0, 2, 2 | 4, 4, 6, 6: a refresh at policy steps 2, 4
 and 6, each used by the batch its policy sampled and the next one), the refresh generations spent and the logged
