@@ -78,14 +78,6 @@ def store_files(path: Path) -> dict:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(path.iterdir()) if p.is_file()}
 
 
-def refreshed(store: Path) -> set[int]:
-    summary = store / "generations" / "refresh.json"
-    try:
-        return {entry["policy_step"] for entry in json.loads(summary.read_text())["refreshes"]}
-    except (OSError, ValueError, KeyError):  # not written yet, or being replaced
-        return set()
-
-
 def run_until_held(command: list[str], out: Path, store: Path, step: int) -> tuple[int | None, float]:
     """Start the run with the reward function set to park it after the refresh at policy step `step`; kill its whole
     session once it is parked. (exit code if it ended by itself else None, seconds)."""
